@@ -1,0 +1,1 @@
+"""The `cxrlt` command line: thin argument parsing that calls into the packages."""
