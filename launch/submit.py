@@ -1,0 +1,46 @@
+"""`cxrlt submit ...`: CodaLab submission files. `validate` checks one against a task and id list."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+EXIT_INVALID = 1
+SHOWN_PER_KIND = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("submit", help="CodaLab submission files")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    validate = actions.add_parser(
+        "validate",
+        help="check a submission CSV or zip; exit status 1 when it has faults",
+        description="Reports every fault with its line and column: header, class columns, ids, values.",
+    )
+    validate.add_argument("--task", required=True, choices=["t1", "t2", "t3"])
+    validate.add_argument("--ids", required=True, type=Path, help="the development/test CSV (dicom_id column)")
+    validate.add_argument("submission", type=Path, help="submission .csv or .zip")
+    validate.set_defaults(run=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from cxrlt.submission import expected_ids, validate_submission
+
+    report = validate_submission(args.submission, args.task, expected_ids(args.ids))
+    by_kind = defaultdict(list)
+    for fault in report.faults:
+        by_kind[fault.kind].append(fault)
+    for kind, faults in by_kind.items():
+        for fault in faults[:SHOWN_PER_KIND]:
+            print(fault)
+        if len(faults) > SHOWN_PER_KIND:
+            print(f"[{kind}] ... and {len(faults) - SHOWN_PER_KIND} more")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if report.ok:
+        print(f"{args.submission}: valid {args.task} submission, {report.n_rows} rows")
+        return 0
+    counts = ", ".join(f"{len(f)} {k}" for k, f in by_kind.items())
+    print(f"{args.submission}: INVALID for {args.task}: {len(report.faults)} faults ({counts})")
+    return EXIT_INVALID

@@ -1,0 +1,23 @@
+"""Atomic writes: a failure mid-write leaves the previous file whole and no temporary behind."""
+
+import pytest
+
+from cxrlt.atomic import atomic_path, write_text_atomic
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "index.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
+def test_successful_write_replaces_and_creates_parents(tmp_path):
+    target = tmp_path / "a" / "b" / "x.txt"
+    write_text_atomic(target, "one")
+    write_text_atomic(target, "two")
+    assert target.read_text() == "two" and len(list(target.parent.iterdir())) == 1

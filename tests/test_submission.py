@@ -1,0 +1,106 @@
+"""`cxrlt submit validate`: a correct submission passes; every format fault is reported with its line
+or column and a non-zero exit status."""
+
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt.labels import TASK_SCHEMAS
+from cxrlt.submission import validate_submission
+from tests.cli import cxrlt
+
+IDS = [f"{i:040x}"[-40:] for i in range(1, 31)]
+
+
+@pytest.fixture
+def ids_csv(tmp_path):
+    """A development CSV in the challenge's shape (dicom_id first, paths and views beside it)."""
+    frame = pd.DataFrame(
+        {
+            "dicom_id": IDS,
+            "subject_id": [10000032 + i for i in range(len(IDS))],
+            "study_id": [f"s5041426{i % 10}" for i in range(len(IDS))],
+            "ViewPosition": ["PA"] * len(IDS),
+        }
+    )
+    path = tmp_path / "development.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def submission(task: str, seed: int = 0) -> pd.DataFrame:
+    classes = TASK_SCHEMAS[task].classes
+    frame = pd.DataFrame(np.random.default_rng(seed).random((len(IDS), len(classes))), columns=classes)
+    frame.insert(0, "dicom_id", IDS)
+    return frame
+
+
+@pytest.mark.parametrize("task", ["t1", "t2", "t3"])
+def test_a_correct_submission_is_valid_as_csv_and_as_zip(tmp_path, ids_csv, task):
+    path = tmp_path / "submission.csv"
+    submission(task).to_csv(path, index=False)
+    run = cxrlt("submit", "validate", "--task", task, "--ids", ids_csv, path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"valid {task} submission, 30 rows" in run.stdout
+    with zipfile.ZipFile(tmp_path / "submission.zip", "w") as archive:
+        archive.write(path, "submission.csv")
+    assert cxrlt("submit", "validate", "--task", task, "--ids", ids_csv, tmp_path / "submission.zip").returncode == 0
+
+
+def test_every_fault_is_reported_with_line_or_column(tmp_path, ids_csv):
+    frame = submission("t2").astype(object)
+    frame.loc[3, "Edema"] = np.nan
+    frame.loc[4, "Mass"] = 1.5
+    frame.loc[5, "Nodule"] = "high"
+    frame.loc[6, "dicom_id"] = IDS[0]  # duplicate of line 2; IDS[6] is then missing
+    frame = frame.rename(columns={"Pleural Effusion": "Pleural effusion"}).drop(columns=["Fibrosis"])
+    frame["Bulla"] = 0.1
+    frame = pd.concat([frame, frame.iloc[[0]].assign(dicom_id="stranger")])
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    report = validate_submission(path, "t2", IDS)
+    faults = {str(f) for f in report.faults}
+    assert "[value] line 5, column 'Edema': empty value" in faults
+    assert "[value] line 6, column 'Mass': 1.5 is outside [0, 1]" in faults
+    assert "[value] line 7, column 'Nodule': not a probability: 'high'" in faults
+    assert f"[id] line 8: duplicate '{IDS[0]}' (first on line 2)" in faults
+    assert f"[id] missing row for '{IDS[6]}'" in faults
+    assert "[id] line 32: 'stranger' is not in the id list" in faults
+    assert (
+        "[column] line 1, column 'Pleural Effusion': missing class column; 'Pleural effusion' looks like a "
+        "misspelling of it" in faults
+    )
+    assert "[column] line 1, column 'Fibrosis': missing class column" in faults
+    assert "[column] line 1, column 'Bulla': not a class of this task" in faults
+    run = cxrlt("submit", "validate", "--task", "t2", "--ids", ids_csv, path)
+    assert run.returncode == 1 and "INVALID for t2" in run.stdout
+
+
+def test_header_faults(tmp_path):
+    frame = submission("t3")
+    path = tmp_path / "s.csv"
+    frame.rename(columns={"dicom_id": "image_id"}).to_csv(path, index=False)
+    assert "the first column must be 'dicom_id', found 'image_id'" in str(validate_submission(path, "t3", IDS).faults[0])
+    frame.rename(columns={"Hilum": "Bulla"}).to_csv(path, index=False)
+    faults = [str(f) for f in validate_submission(path, "t3", IDS).faults]
+    assert "[header] line 1, column 'Bulla': duplicate column" in faults
+    path.write_text("")
+    assert str(validate_submission(path, "t3", IDS).faults[0]) == "[file] the file is empty"
+
+
+def test_reordered_columns_are_only_a_warning(tmp_path):
+    frame = submission("t1")
+    path = tmp_path / "s.csv"
+    frame[["dicom_id", *reversed(TASK_SCHEMAS["t1"].classes)]].to_csv(path, index=False)
+    report = validate_submission(path, "t1", IDS)
+    assert report.ok and report.warnings == ["class columns are not in the task's order (they are matched by name)"]
+
+
+def test_a_zip_without_exactly_one_csv_is_an_input_error(tmp_path, ids_csv):
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as archive:
+        archive.writestr("a.csv", "dicom_id\n")
+        archive.writestr("b.csv", "dicom_id\n")
+    run = cxrlt("submit", "validate", "--task", "t3", "--ids", ids_csv, tmp_path / "s.zip")
+    assert run.returncode == 2 and "the zip must hold exactly one .csv" in run.stderr
