@@ -1,0 +1,1 @@
+"""SLURM job rendering and submission, multi-node rendezvous, Ray on SLURM, requeue on preemption."""
