@@ -212,12 +212,81 @@ CHEXPERT_14 = Schema(
     total=223_414,
 )
 
+# --- PadChest ------------------------------------------------------------------------------------
+
+# Images per report-derived label in PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv (160,861 rows;
+# the 103 rows without a label list count as unlabelled). Names are PadChest's own lowercase English.
+_PADCHEST_COUNTS = {
+    'COPD signs': 23280, 'Chilaiditi sign': 22, 'NSG tube': 5390, 'abnormal foreign body': 68, 'abscess': 16,
+    'adenopathy': 562, 'air bronchogram': 197, 'air fluid level': 197, 'air trapping': 6147,
+    'alveolar pattern': 5738, 'aortic aneurysm': 49, 'aortic atheromatosis': 2546,
+    'aortic button enlargement': 492, 'aortic elongation': 10824, 'aortic endoprosthesis': 43,
+    'apical pleural thickening': 3625, 'artificial aortic heart valve': 326, 'artificial heart valve': 720,
+    'artificial mitral heart valve': 450, 'asbestosis signs': 70, 'ascendent aortic elongation': 212,
+    'atelectasis': 2905, 'atelectasis basal': 40, 'atypical pneumonia': 244, 'axial hyperostosis': 370,
+    'azygoesophageal recess shift': 58, 'azygos lobe': 483, 'blastic bone lesion': 65, 'bone cement': 13,
+    'bone metastasis': 195, 'breast mass': 1, 'bronchiectasis': 2698, 'bronchovascular markings': 1398,
+    'bullas': 650, 'calcified adenopathy': 647, 'calcified densities': 1221, 'calcified fibroadenoma': 66,
+    'calcified granuloma': 3194, 'calcified mediastinal adenopathy': 11, 'calcified pleural plaques': 247,
+    'calcified pleural thickening': 644, 'callus rib fracture': 2967, 'cardiomegaly': 15022, 'catheter': 74,
+    'cavitation': 618, 'central vascular redistribution': 219, 'central venous catheter': 445,
+    'central venous catheter via jugular vein': 3204, 'central venous catheter via subclavian vein': 1654,
+    'central venous catheter via umbilical vein': 170, 'cervical rib': 121, 'chest drain tube': 621,
+    'chronic changes': 7337, 'clavicle fracture': 338, 'consolidation': 2497,
+    'costochondral junction hypertrophy': 155, 'costophrenic angle blunting': 6784, 'cyst': 8, 'dai': 275,
+    'descendent aortic elongation': 1238, 'dextrocardia': 21, 'diaphragmatic eventration': 1191,
+    'double J stent': 14, 'dual chamber device': 1352, 'electrical device': 43, 'emphysema': 1538, 'empyema': 5,
+    'end on vessel': 235, 'endoprosthesis': 33, 'endotracheal tube': 2429, 'esophagic dilatation': 3,
+    'exclude': 1312, 'external foreign body': 46, 'fibrotic band': 3713, 'fissure thickening': 253,
+    'flattened diaphragm': 990, 'fracture': 16, 'gastrostomy tube': 10, 'goiter': 947, 'granuloma': 732,
+    'ground glass pattern': 275, 'gynecomastia': 688, 'heart insufficiency': 2461, 'heart valve calcified': 163,
+    'hemidiaphragm elevation': 2466, 'hiatal hernia': 2363, 'hilar congestion': 1133, 'hilar enlargement': 1541,
+    'humeral fracture': 308, 'humeral prosthesis': 133, 'hydropneumothorax': 48, 'hyperinflated lung': 689,
+    'hypoexpansion': 1297, 'hypoexpansion basal': 119, 'increased density': 2497, 'infiltrates': 7089,
+    'interstitial pattern': 7799, 'kerley lines': 107, 'kyphosis': 5215, 'laminar atelectasis': 5190,
+    'lepidic adenocarcinoma': 15, 'lipomatosis': 1, 'lobar atelectasis': 860, 'loculated fissural effusion': 137,
+    'loculated pleural effusion': 306, 'lung metastasis': 358, 'lung vascular paucity': 192,
+    'lymphangitis carcinomatosa': 52, 'lytic bone lesion': 85, 'major fissure thickening': 56,
+    'mammary prosthesis': 599, 'mass': 56, 'mastectomy': 763, 'mediastinal enlargement': 347,
+    'mediastinal mass': 328, 'mediastinal shift': 57, 'mediastinic lipomatosis': 427, 'metal': 1634,
+    'miliary opacities': 211, 'minor fissure thickening': 508, 'multiple nodules': 358, 'nephrostomy tube': 3,
+    'nipple shadow': 1247, 'nodule': 3748, 'non axial articular degenerative changes': 281, 'normal': 50616,
+    'obesity': 48, 'osteopenia': 704, 'osteoporosis': 321, 'osteosynthesis material': 691, 'pacemaker': 3508,
+    'pectum carinatum': 59, 'pectum excavatum': 357, 'pericardial effusion': 79, 'pleural effusion': 9853,
+    'pleural mass': 3, 'pleural plaques': 26, 'pleural thickening': 1055, 'pneumomediastinum': 28,
+    'pneumonia': 7953, 'pneumoperitoneo': 70, 'pneumothorax': 533, 'post radiotherapy changes': 344,
+    'prosthesis': 25, 'pseudonodule': 2241, 'pulmonary artery enlargement': 256,
+    'pulmonary artery hypertension': 43, 'pulmonary edema': 1456, 'pulmonary fibrosis': 1228,
+    'pulmonary hypertension': 175, 'pulmonary mass': 1039, 'pulmonary venous hypertension': 12,
+    'reservoir central venous catheter': 549, 'respiratory distress': 52, 'reticular interstitial pattern': 710,
+    'reticulonodular interstitial pattern': 286, 'rib fracture': 848, 'right sided aortic arch': 26,
+    'round atelectasis': 6, 'sclerotic bone lesion': 602, 'scoliosis': 8333, 'segmental atelectasis': 174,
+    'single chamber device': 689, 'soft tissue mass': 141, 'sternoclavicular junction hypertrophy': 7,
+    'sternotomy': 2849, 'subacromial space narrowing': 45, 'subcutaneous emphysema': 213,
+    'suboptimal study': 1839, 'superior mediastinal enlargement': 790, 'supra aortic elongation': 1599,
+    'surgery': 227, 'surgery breast': 470, 'surgery heart': 21, 'surgery humeral': 17, 'surgery lung': 351,
+    'surgery neck': 463, 'suture material': 2202, 'thoracic cage deformation': 253, 'total atelectasis': 28,
+    'tracheal shift': 798, 'tracheostomy tube': 1825, 'tuberculosis': 308, 'tuberculosis sequelae': 1070,
+    'unchanged': 14334, 'vascular hilar enlargement': 4517, 'vascular redistribution': 475,
+    'ventriculoperitoneal drain tube': 35, 'vertebral anterior compression': 2132, 'vertebral compression': 463,
+    'vertebral degenerative changes': 4878, 'vertebral fracture': 369, 'volume loss': 2757,
+}  # fmt: skip
+
+PADCHEST = Schema(
+    name="padchest",
+    classes=tuple(sorted(_PADCHEST_COUNTS)),
+    description="PadChest: 193 report-derived labels by name (counts over all 160,861 images)",
+    naming="padchest",
+    counts=_PADCHEST_COUNTS,
+    total=160_861,
+)
+
 SCHEMAS: Mapping[str, Schema] = MappingProxyType(
     {
         s.name: s
         for s in (
             CXR_LT_2024_TASK1, CXR_LT_2024_TASK2, CXR_LT_2024_TASK3, CXR_LT_2024_ALL, CXR_LT_2023,
-            NIH_14, CHEXPERT_14,
+            NIH_14, CHEXPERT_14, PADCHEST,
         )
     }
 )  # fmt: skip
@@ -247,6 +316,26 @@ ALIASES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             {"Effusion": "Pleural Effusion", "Pleural_Thickening": "Pleural Thickening", "No Finding": "Normal"}
         ),
         "chexpert": MappingProxyType({"No Finding": "Normal"}),
+        # One PadChest name per CXR-LT class (harmonisation needs a one-to-one map); the closest PadChest
+        # term where the wording differs ("aortic elongation" is the report term for a tortuous aorta).
+        "padchest": MappingProxyType(
+            {
+                "normal": "Normal", "adenopathy": "Adenopathy", "atelectasis": "Atelectasis",
+                "azygos lobe": "Azygos Lobe", "aortic atheromatosis": "Calcification of the Aorta",
+                "cardiomegaly": "Cardiomegaly", "clavicle fracture": "Clavicle Fracture",
+                "consolidation": "Consolidation", "pulmonary edema": "Edema", "emphysema": "Emphysema",
+                "pulmonary fibrosis": "Fibrosis", "fissure thickening": "Fissure", "fracture": "Fracture",
+                "granuloma": "Granuloma", "hiatal hernia": "Hernia", "hydropneumothorax": "Hydropneumothorax",
+                "infiltrates": "Infiltration", "kyphosis": "Kyphosis", "lobar atelectasis": "Lobar Atelectasis",
+                "pulmonary mass": "Mass", "nodule": "Nodule", "pleural effusion": "Pleural Effusion",
+                "pleural thickening": "Pleural Thickening", "pneumomediastinum": "Pneumomediastinum",
+                "pneumonia": "Pneumonia", "pneumoperitoneo": "Pneumoperitoneum", "pneumothorax": "Pneumothorax",
+                "pulmonary hypertension": "Pulmonary Hypertension", "rib fracture": "Rib Fracture",
+                "round atelectasis": "Round(ed) Atelectasis", "subcutaneous emphysema": "Subcutaneous Emphysema",
+                "aortic elongation": "Tortuous Aorta", "tuberculosis": "Tuberculosis", "bullas": "Bulla",
+                "osteopenia": "Osteopenia", "scoliosis": "Scoliosis",
+            }
+        ),  # fmt: skip
     }
 )
 

@@ -17,6 +17,7 @@ from cxrlt.errors import InputError
 
 SUBCOMMANDS = (
     "launch.schemas",
+    "launch.shard",
     "launch.evaluate",
     "launch.submit",
 )

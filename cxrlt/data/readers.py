@@ -1,0 +1,191 @@
+"""Shard readers: the training reader (resampled, fixed steps) and the evaluation reader (each sample
+once, in a known order). Both are IterableDatasets that yield finished batches (`collate`'s dict,
+documented in cxrlt.data.decoding); wrap them with `make_loader`.
+
+Training: each (rank, worker) slot draws shards with replacement from its own share (see
+cxrlt.data.partition), shuffles through a buffer, optionally repeats tail-class samples and mixes in a
+synthetic shard set, and stops after a fixed number of batches: `steps_per_epoch` per rank, divided
+over the workers, so every rank runs the same count and no collective waits on a rank that ran dry.
+Every random choice comes from a generator seeded by (seed, epoch, rank, worker), so an epoch replays
+exactly; call `set_epoch` before each epoch (with non-persistent DataLoader workers, which pick it up
+when they start).
+
+Evaluation: each slot reads its share once, in shard order; with `index` on every item the caller
+can restore the split's order after gathering.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+import webdataset as wds
+from webdataset.filters import _shuffle
+
+from cxrlt.data.decoding import DecodeStats, Item, SampleDecoder, collate, parse_meta
+from cxrlt.data.partition import Slot, distributed_context, slot_for, worker_context
+from cxrlt.data.samplers import class_repeat_factors, mix, repeat_by_factor
+from cxrlt.data.shardset import ShardEntry, ShardIndex, read_index
+from cxrlt.data.transforms import ImageTransform, TransformConfig
+from cxrlt.errors import InputError
+
+Raw = tuple[dict[str, Any], dict[str, Any], np.ndarray]
+
+
+@dataclass
+class ReaderConfig:
+    level: str = "image"
+    split: str = "train"
+    batch_size: int = 32
+    max_views: int = 4
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    repeat_threshold: float | None = None
+    synthetic_ratio: float = 0.0
+    transform: TransformConfig = field(default_factory=TransformConfig)
+
+    def __post_init__(self) -> None:
+        if self.level not in ("image", "study"):
+            raise ValueError(f"level must be 'image' or 'study', got {self.level!r}")
+        if self.batch_size < 1 or self.max_views < 1 or self.shuffle_buffer < 1:
+            raise ValueError("batch_size, max_views and shuffle_buffer must be >= 1")
+
+
+class ShardSplit:
+    """The shards of one split of a shard set, with each shard's first position in the split."""
+
+    def __init__(self, directory: str | Path, split: str) -> None:
+        self.directory = Path(directory)
+        self.index: ShardIndex = read_index(directory)
+        self.entries: list[ShardEntry] = self.index.shards_for(split)
+        self.offsets = np.concatenate([[0], np.cumsum([e.num_samples for e in self.entries])]).astype(np.int64)
+        self.num_samples = int(self.offsets[-1])
+
+    def slot_size(self, slot: Slot) -> int:
+        def kept_below(n: int) -> int:
+            return max(0, (n - slot.offset + slot.stride - 1) // slot.stride)
+
+        return sum(kept_below(int(self.offsets[s + 1])) - kept_below(int(self.offsets[s])) for s in slot.shards)
+
+    def read(self, shard: int, slot: Slot) -> Iterator[Raw]:
+        """(raw sample, meta, labels) of `slot`'s samples in one shard, in tar order."""
+        url = str(self.directory / self.entries[shard].file)
+        for position, raw in enumerate(wds.tarfile_samples([{"url": url}]), start=int(self.offsets[shard])):
+            if slot.keeps(position):
+                meta = parse_meta(raw)
+                meta["_index"] = position
+                yield raw, meta, np.asarray(meta["labels"], dtype=np.float32)
+
+
+def _batches(items: Iterator[Item], batch_size: int) -> Iterator[Item]:
+    while batch := list(itertools.islice(items, batch_size)):
+        yield collate(batch)
+
+
+class TrainReader(torch.utils.data.IterableDataset):
+    """Infinite-source, fixed-length training batches for this rank (see the module docstring)."""
+
+    def __init__(
+        self,
+        shards: str | Path,
+        config: ReaderConfig,
+        synthetic: str | Path | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.config = config
+        self.rank, self.world_size = distributed_context(rank, world_size)
+        self.real = ShardSplit(shards, config.split)
+        if self.real.num_samples == 0:
+            raise InputError(f"{shards}: split {config.split!r} has no samples")
+        self.synthetic = None
+        if synthetic is not None and config.synthetic_ratio > 0:
+            self.synthetic = ShardSplit(synthetic, config.split)
+            if self.synthetic.index.classes != self.real.index.classes:
+                raise InputError(f"{synthetic}: its classes differ from {shards}'s; synthesise with the same schema")
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(
+            self.real.num_samples / (config.batch_size * self.world_size)
+        )
+        self.factors = None
+        if config.repeat_threshold is not None:
+            index = self.real.index
+            counts = index.split_class_counts.get(config.split, {})
+            self.factors = class_repeat_factors(counts, index.classes, self.real.num_samples, config.repeat_threshold)
+        self.epoch = 0
+        self.stats = DecodeStats()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _resampled(self, split: ShardSplit, slot: Slot, rng: np.random.Generator) -> Iterator[Raw]:
+        sizes = np.array([split.entries[s].num_samples for s in slot.shards], dtype=np.float64)
+        if split.slot_size(slot) == 0:
+            raise InputError(
+                f"{split.directory}: slot {slot.index} of {slot.count} (rank x worker) gets no samples; "
+                "use fewer ranks/workers or more shards"
+            )
+        while True:
+            yield from split.read(slot.shards[rng.choice(len(sizes), p=sizes / sizes.sum())], slot)
+
+    def __iter__(self) -> Iterator[Item]:
+        worker, num_workers = worker_context()
+        c = self.config
+        rng = np.random.default_rng([c.seed, self.epoch, self.rank, worker])
+        slot = slot_for(len(self.real.entries), self.rank, self.world_size, worker, num_workers)
+        stream = self._resampled(self.real, slot, rng)
+        if self.factors is not None:
+            stream = repeat_by_factor(stream, lambda sample: sample[2], self.factors, rng)
+        if self.synthetic is not None:
+            synthetic_slot = slot_for(len(self.synthetic.entries), self.rank, self.world_size, worker, num_workers)
+            stream = mix(stream, self._resampled(self.synthetic, synthetic_slot, rng), c.synthetic_ratio, rng)
+        stream = _shuffle(stream, bufsize=c.shuffle_buffer, initial=c.shuffle_buffer, seed=int(rng.integers(2**62)))
+        decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, self.stats)
+        items = (item for raw, meta, _ in stream for item in decoder(raw, meta, rng))
+        count = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
+        yield from itertools.islice(_batches(items, c.batch_size), count)
+
+
+class EvalReader(torch.utils.data.IterableDataset):
+    """Every sample of a split exactly once across ranks and workers, each item with its `index`."""
+
+    def __init__(self, shards: str | Path, config: ReaderConfig, rank: int | None = None, world_size: int | None = None):
+        self.config = config
+        self.rank, self.world_size = distributed_context(rank, world_size)
+        self.split = ShardSplit(shards, config.split)
+        self.stats = DecodeStats()
+
+    def num_samples(self, num_workers: int) -> int:
+        """Samples this rank will yield with `num_workers` DataLoader workers (to size a gather)."""
+        return sum(
+            self.split.slot_size(slot_for(len(self.split.entries), self.rank, self.world_size, w, max(1, num_workers)))
+            for w in range(max(1, num_workers))
+        )
+
+    def __iter__(self) -> Iterator[Item]:
+        worker, num_workers = worker_context()
+        c = self.config
+        slot = slot_for(len(self.split.entries), self.rank, self.world_size, worker, num_workers)
+        rng = np.random.default_rng([c.seed, self.rank, worker])
+        decoder = SampleDecoder(ImageTransform(c.transform, train=False), c.level, c.max_views, self.stats)
+        items = (
+            {**item, "index": torch.tensor(meta["_index"])}
+            for shard in slot.shards
+            for raw, meta, _ in self.split.read(shard, slot)
+            for item in decoder(raw, meta, rng)
+        )
+        yield from _batches(items, c.batch_size)
+
+
+def make_loader(reader: torch.utils.data.IterableDataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over a reader's ready-made batches (batch_size=None: the reader batches)."""
+    return torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, persistent_workers=False)
