@@ -1,0 +1,122 @@
+"""MLflow tracking: the one place that opens runs, logs from rank 0 only and records lineage.
+
+A `Tracker` wraps an explicit `MlflowClient` for one tracking URI instead of mlflow's fluent API,
+whose process-global "active run" stack would tie concurrent runs (Tune trials, ensemble children) to
+whichever was started last. The default store is SQLite (`sqlite:///DIR/mlruns.db`) with artifacts in
+`DIR/mlartifacts`: MLflow 3 disables the plain file store.
+
+Child runs carry the `mlflow.parentRunId` tag, which is what the MLflow UI nests on. On ranks other
+than 0 (`RANK` set by torchrun/srun) `run()` yields a `Run` that records nothing, so distributed code
+calls the same functions on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+# MLflow rejects param values above this length; configs longer than this go in as artifacts.
+MAX_PARAM_LENGTH = 6000
+
+
+def sqlite_uri(folder: str | os.PathLike) -> str:
+    """The tracking URI of the default local store in `folder` (created if missing)."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlruns.db'}"
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Run:
+    """Logging into one MLflow run; every method is a no-op when `run_id` is None (non-zero ranks)."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str | None) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        self.client.log_batch(self.run_id, params=items)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        if self.run_id is None:
+            return
+        timestamp = _now_ms()
+        items = [Metric(str(k), float(v), timestamp, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """Runs in one MLflow store. `uri`: any MLflow tracking URI (a server for clusters)."""
+
+    def __init__(self, uri: str, artifact_root: str | os.PathLike | None = None) -> None:
+        self.uri = uri
+        if artifact_root is None and uri.startswith("sqlite:///"):
+            artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        self.artifact_root = None if artifact_root is None else Path(artifact_root).resolve()
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None if self.artifact_root is None else (self.artifact_root / name).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        experiment: str,
+        name: str,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> Iterator[Run]:
+        """Open a run (a child of `parent_run_id` if given); it ends FINISHED, or FAILED on an error."""
+        if not is_rank_zero():
+            yield Run(None, None)
+            return
+        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        if parent_run_id is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        created = self.client.create_run(
+            self.experiment_id(experiment), run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+        )
+        run_id = created.info.run_id
+        try:
+            yield Run(self.client, run_id)
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def children(self, run_id: str) -> list[Any]:
+        """The runs whose parent is `run_id`, in any experiment of this store."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(experiments, filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'")
