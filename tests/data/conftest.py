@@ -57,6 +57,10 @@ class Mimic:
     frame: pd.DataFrame
     bad: dict[str, str]
 
+    @property
+    def dev_rows(self) -> pd.Series:
+        return self.frame["study_id"] == self.frame["study_id"].iloc[-1]
+
 
 def _dicom_id(rng: np.random.Generator) -> str:
     return "-".join(f"{int(rng.integers(0, 16**8)):08x}" for _ in range(5))
@@ -64,7 +68,7 @@ def _dicom_id(rng: np.random.Generator) -> str:
 
 @pytest.fixture(scope="session")
 def mimic(tmp_path_factory: pytest.TempPathFactory) -> Mimic:
-    """8 patients, 12 train studies (1-3 views, an extra 5th view in one) + 3 unlabelled dev studies."""
+    """8 patients, 14 train studies of 1-4 views + one unlabelled 5-view dev study; 3 bad images."""
     root = tmp_path_factory.mktemp("mimic")
     rng = np.random.default_rng(7)
     rows, meta_rows, stays, triage = [], [], [], []
@@ -99,8 +103,9 @@ def mimic(tmp_path_factory: pytest.TempPathFactory) -> Mimic:
                                "resprate": 16, "o2sat": "" if p == 0 else 97, "sbp": 120, "dbp": 80, "pain": 3,
                                "acuity": 2, "chiefcomplaint": "Cough"})  # fmt: skip
     frame = pd.DataFrame(rows)
-    dev_frame = frame.iloc[-4:][["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"]]
-    train_frame = frame.iloc[:-4]
+    in_dev = frame["study_id"] == frame["study_id"].iloc[-1]  # the last patient's one 5-view study
+    dev_frame = frame[in_dev][["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"]]
+    train_frame = frame[~in_dev]
     train, dev = root / "train_labeled.csv", root / "development_task3.csv"
     train_frame.to_csv(train, index=False)
     dev_frame.to_csv(dev, index=False)
