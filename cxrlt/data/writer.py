@@ -163,17 +163,16 @@ class ShardWriter:
         skipped: list[dict[str, str]] = []
         written = 0
         with atomic_path(self.out / name) as tmp, open(tmp, "wb") as stream:
-            tar = wds.TarWriter(stream, encoder=False, mtime=0.0)
-            for sample in chunk:
-                result = next(encoded)
-                skipped.extend(result.problems)
-                entries = _tar_entries(sample, result, plan.level, self.options.image_format)
-                if entries is None:
-                    continue
-                tar.write(entries)
-                positives += sample.labels == 1.0
-                written += 1
-            tar.close()
+            with wds.TarWriter(stream, encoder=False, mtime=0.0) as tar:
+                for sample in chunk:
+                    result = next(encoded)
+                    skipped.extend(result.problems)
+                    entries = _tar_entries(sample, result, plan.level, self.options.image_format)
+                    if entries is None:
+                        continue
+                    tar.write(entries)
+                    positives += sample.labels == 1.0
+                    written += 1
         record = {
             "plan_hash": plan.fingerprint, "split": split, "num_samples": written, "skipped": skipped,
             "positives": positives.tolist(),

@@ -1,0 +1,145 @@
+"""Training/evaluation readers: rank x worker partition, fixed steps, exactly-once eval, determinism,
+repeat-factor sampling and synthetic mixing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cxrlt.data.build import BuildOptions, build_shards
+from cxrlt.data.partition import distributed_context, slot_for
+from cxrlt.data.readers import EvalReader, ReaderConfig, TrainReader, make_loader
+from cxrlt.data.samplers import class_repeat_factors, sample_repeats
+from cxrlt.data.sources.starter import read_starter
+from cxrlt.data.transforms import TransformConfig
+from cxrlt.data.writer import WriterOptions
+from cxrlt.labels import NIH_14
+
+TINY = TransformConfig(size=24)
+
+
+@pytest.fixture(scope="module")
+def starter_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("starter-shards")
+    build_shards(read_starter(NIH_14), NIH_14, out, BuildOptions(), WriterOptions(max_size=32, samples_per_shard=60))
+    return out
+
+
+def _ids(batches):
+    return [i for batch in batches for i in batch["id"]]
+
+
+def test_train_two_ranks_two_workers_disjoint_and_equal_steps(starter_shards):
+    config = ReaderConfig(batch_size=8, shuffle_buffer=16, steps_per_epoch=5, transform=TINY)
+    seen, steps = [], []
+    for rank in (0, 1):
+        reader = TrainReader(starter_shards, config, rank=rank, world_size=2)
+        batches = list(make_loader(reader, num_workers=2))
+        steps.append(len(batches))
+        assert all(b["image"].shape == (8, 1, 24, 24) and b["labels"].shape == (8, 14) for b in batches)
+        seen.append(set(_ids(batches)))
+    assert steps == [5, 5]
+    assert not seen[0] & seen[1]
+
+
+def test_slots_of_train_reader_never_share_a_sample(starter_shards):
+    """Each of the 4 (rank, worker) slots, read in-process, draws from its own shard share."""
+    config = ReaderConfig(batch_size=4, shuffle_buffer=8, steps_per_epoch=6, transform=TINY)
+    per_slot = []
+    for rank in (0, 1):
+        reader = TrainReader(starter_shards, config, rank=rank, world_size=2)
+        for worker in (0, 1):
+            slot = slot_for(len(reader.real.entries), rank, 2, worker, 2)
+            ids = {meta["image_id"] for shard in slot.shards for _, meta, _ in reader.real.read(shard, slot)}
+            per_slot.append(ids)
+    assert sum(len(s) for s in per_slot) == len(set().union(*per_slot)) == reader.real.num_samples
+
+
+def test_train_reader_is_deterministic_per_epoch(starter_shards):
+    config = ReaderConfig(batch_size=6, shuffle_buffer=12, steps_per_epoch=3, transform=TINY)
+
+    def run(epoch):
+        reader = TrainReader(starter_shards, config, rank=0, world_size=1)
+        reader.set_epoch(epoch)
+        return list(reader)
+
+    a, b, c = run(0), run(0), run(1)
+    assert _ids(a) == _ids(b) and all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+    assert _ids(a) != _ids(c)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_eval_every_sample_exactly_once_across_ranks_and_workers(starter_shards, num_workers):
+    config = ReaderConfig(split="train", batch_size=16, transform=TINY)
+    indices, ids = [], []
+    for rank in (0, 1):
+        reader = EvalReader(starter_shards, config, rank=rank, world_size=2)
+        batches = list(make_loader(reader, num_workers=num_workers))
+        got = [int(i) for b in batches for i in b["index"]]
+        assert len(got) == reader.num_samples(num_workers)
+        indices += got
+        ids += _ids(batches)
+    total = reader.split.num_samples
+    assert sorted(indices) == list(range(total)) and len(set(ids)) == total
+
+
+def test_eval_order_is_the_index_order_on_one_reader(starter_shards):
+    reader = EvalReader(starter_shards, ReaderConfig(split="dev", batch_size=7, transform=TINY), rank=0, world_size=1)
+    assert [int(i) for b in reader for i in b["index"]] == list(range(reader.split.num_samples))
+
+
+def test_rank_from_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert distributed_context() == (1, 3)
+    assert distributed_context(0, 2) == (0, 2)
+
+
+def test_repeat_factors_oversample_tail_classes(starter_shards):
+    from cxrlt.data.shardset import read_index
+
+    index = read_index(starter_shards)
+    factors = class_repeat_factors(index.split_class_counts["train"], index.classes, index.splits["train"], 0.2)
+    hernia, infiltration = index.classes.index("Hernia"), index.classes.index("Infiltration")
+    assert factors[hernia] > 2.0 and factors[infiltration] == 1.0
+    rng = np.random.default_rng(0)
+    labels = np.zeros(len(index.classes), dtype=np.float32)
+    labels[hernia] = 1.0
+    assert np.mean([sample_repeats(labels, factors, rng) for _ in range(2000)]) == pytest.approx(factors[hernia], rel=0.05)
+
+    config = ReaderConfig(batch_size=16, shuffle_buffer=64, steps_per_epoch=12, transform=TINY)
+    plain = TrainReader(starter_shards, config, rank=0, world_size=1)
+    resampled = TrainReader(starter_shards, ReaderConfig(**{**config.__dict__, "repeat_threshold": 0.2}), rank=0, world_size=1)
+
+    def hernia_share(reader):
+        labels = torch.cat([b["labels"] for b in reader])
+        return float((labels[:, hernia] == 1).float().mean())
+
+    assert hernia_share(resampled) > 1.5 * hernia_share(plain)
+
+
+def test_synthetic_samples_mixed_at_ratio(starter_shards, tmp_path):
+    from cxrlt.data.shardset import read_index, write_index
+
+    # a synthetic set: the dev shards re-flagged synthetic, indexed as that set's train split
+    import tarfile, io  # noqa: E401
+
+    index = read_index(starter_shards)
+    entry = index.shards_for("dev")[0]
+    with tarfile.open(starter_shards / entry.file) as src, tarfile.open(tmp_path / "train-000000.tar", "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "synthetic": True, "split": "train"}).encode()
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    index.shards = [type(entry)("train-000000.tar", "train", entry.num_samples)]
+    index.splits = {"train": entry.num_samples}
+    write_index(tmp_path, index)
+    config = ReaderConfig(batch_size=16, shuffle_buffer=32, steps_per_epoch=20, synthetic_ratio=0.3, transform=TINY)
+    reader = TrainReader(starter_shards, config, synthetic=tmp_path, rank=0, world_size=1)
+    share = float(torch.cat([b["synthetic"] for b in reader]).float().mean())
+    assert 0.2 < share < 0.4
