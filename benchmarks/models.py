@@ -35,18 +35,18 @@ def millions(n: int) -> str:
 
 def backbone_table() -> None:
     heads = HEADS.names()
-    print(f"| backbone | family | fast tests | C | stride | map at {SIZE} px | params | " + " | ".join(f"+ {h} head" for h in heads) + " |")
+    columns = ["backbone", "family", "fast tests", "C", "stride", f"map at {SIZE} px", "params"]
+    print("| " + " | ".join(columns + [f"+ {h} head" for h in heads]) + " |")
     print("|---" * (7 + len(heads)) + "|")
     for name in BACKBONES:
         spec = BACKBONES.get(name)
         backbone = create_backbone(BackboneConfig(name=name, img_size=SIZE)).eval()
         with torch.no_grad():
             grid = backbone(torch.zeros(1, 1, SIZE, SIZE)).shape[-2:]
-        head_params = [millions(params(build_head(HeadConfig(name=h), backbone.num_features, NUM_CLASSES))) for h in heads]
-        print(
-            f"| {name} | {spec.family} | {'yes' if spec.tiny else 'slow'} | {backbone.num_features} | {backbone.stride} "
-            f"| {grid[0]}x{grid[1]} | {millions(params(backbone))} | " + " | ".join(head_params) + " |"
-        )
+        cells = [name, spec.family, "yes" if spec.tiny else "slow", backbone.num_features, backbone.stride]
+        cells += [f"{grid[0]}x{grid[1]}", millions(params(backbone))]
+        cells += [millions(params(build_head(HeadConfig(name=h), backbone.num_features, NUM_CLASSES))) for h in heads]
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 def loss_table() -> None:
@@ -69,7 +69,8 @@ def study_row() -> None:
     fusion = params(model) - params(model.encoders) - params(model.head) - text
     print(
         f"\nstudy model (convnext_small, default fusion dim {cfg.study.dim}, {cfg.study.layers} layers, indication + "
-        f"numeric vitals): fusion {millions(fusion)}, ML-Decoder head on dim {cfg.study.dim} {millions(params(model.head))}, "
+        f"numeric vitals): fusion {millions(fusion)}, "
+        f"ML-Decoder head on dim {cfg.study.dim} {millions(params(model.head))}, "
         f"frozen text encoder {millions(text)}, total {millions(params(model))}"
     )
     text_cfg = HeadConfig(text_queries=True)

@@ -118,7 +118,8 @@ def test_shape_mismatch_is_reported_with_both_shapes(tmp_path):
     state = create_backbone(BackboneConfig(name="convnext_atto")).model.state_dict()
     state["stages.0.blocks.0.conv_dw.weight"] = torch.zeros(40, 1, 5, 5)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(InputError, match=r"shape mismatch.*stages\.0\.blocks\.0\.conv_dw\.weight: checkpoint \(40, 1, 5, 5\)"):
+    expected = r"shape mismatch.*stages\.0\.blocks\.0\.conv_dw\.weight: checkpoint \(40, 1, 5, 5\)"
+    with pytest.raises(InputError, match=expected):
         create_backbone(BackboneConfig(name="convnext_atto", checkpoint=tmp_path / "bad.pth"))
 
 

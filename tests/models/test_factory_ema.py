@@ -11,7 +11,8 @@ from cxrlt.models import EmaConfig, ImageClassifier, ModelConfig, build_model, c
 
 def test_model_config_round_trips_through_toml_and_overrides(tmp_path):
     path = write_config(ModelConfig(kind="study"), tmp_path / "model.toml")
-    cfg = load_config(ModelConfig, path, ["backbone.name=efficientnetv2_s", "study.context.vitals=text", "head.num_groups=20"])
+    overrides = ["backbone.name=efficientnetv2_s", "study.context.vitals=text", "head.num_groups=20"]
+    cfg = load_config(ModelConfig, path, overrides)
     assert (cfg.kind, cfg.backbone.name, cfg.study.context.vitals, cfg.head.num_groups) == (
         "study", "efficientnetv2_s", "text", 20,
     )  # fmt: skip
@@ -28,7 +29,8 @@ def test_config_errors_name_the_key():
 
 @pytest.mark.parametrize("head", ["linear", "ml_decoder"])
 def test_image_model_from_config(head):
-    cfg = load_config(ModelConfig, None, [f"head.name={head}", "head.decoder_dim=32", "head.num_heads=4", "head.ffn_dim=64"])
+    overrides = [f"head.name={head}", "head.decoder_dim=32", "head.num_heads=4", "head.ffn_dim=64"]
+    cfg = load_config(ModelConfig, None, overrides)
     model = build_model(cfg, ["a", "b", "c"])
     assert isinstance(model, ImageClassifier)
     logits = model(torch.randn(2, 1, 64, 64))

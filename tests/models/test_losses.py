@@ -44,7 +44,8 @@ def _bce(x, y, pos_weight=1.0):
 def _focal(x, y):
     p = torch.sigmoid(x)
     a = CFG.focal_alpha
-    return -(a * y * (1 - p) ** CFG.focal_gamma * torch.log(p) + (1 - a) * (1 - y) * p**CFG.focal_gamma * torch.log(1 - p))
+    gamma = CFG.focal_gamma
+    return -(a * y * (1 - p) ** gamma * torch.log(p) + (1 - a) * (1 - y) * p**gamma * torch.log(1 - p))
 
 
 def _asl(x, y, weight=1.0):

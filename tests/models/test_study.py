@@ -61,7 +61,8 @@ def test_padded_view_content_never_changes_the_output(model):
     garbage[padding] = torch.randn_like(garbage[padding]) * 1e3
     shuffled_types = types.clone()
     shuffled_types[padding] = (types[padding] + 1) % 3
-    torch.testing.assert_close(_run(model, garbage, padding, shuffled_types, indication, vitals), reference, atol=1e-6, rtol=0)
+    out = _run(model, garbage, padding, shuffled_types, indication, vitals)
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=0)
 
 
 def test_extra_padding_slots_never_change_the_output(model):
@@ -70,7 +71,8 @@ def test_extra_padding_slots_never_change_the_output(model):
     wider = torch.cat([images, torch.randn(3, 2, 1, SIZE, SIZE)], dim=1)
     wider_padding = torch.cat([padding, torch.ones(3, 2, dtype=torch.bool)], dim=1)
     wider_types = torch.cat([types, torch.zeros(3, 2, dtype=torch.long)], dim=1)
-    torch.testing.assert_close(_run(model, wider, wider_padding, wider_types, indication, vitals), reference, atol=1e-5, rtol=1e-5)
+    out = _run(model, wider, wider_padding, wider_types, indication, vitals)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_changing_one_study_never_changes_another(model):
@@ -90,7 +92,8 @@ def test_each_study_alone_equals_the_study_in_a_batch(model):
     images, padding, types, indication, vitals = _inputs()
     batched = _run(model, images, padding, types, indication, vitals)
     for i in range(3):
-        alone = _run(model, images[i : i + 1], padding[i : i + 1], types[i : i + 1], indication[i : i + 1], vitals[i : i + 1])
+        one = slice(i, i + 1)
+        alone = _run(model, images[one], padding[one], types[one], indication[one], vitals[one])
         torch.testing.assert_close(alone[0], batched[i], atol=1e-5, rtol=1e-5)
 
 
@@ -117,7 +120,8 @@ def test_missing_modality_uses_its_placeholder(vitals_mode):
         tokens = context(3, ["chest pain", None, "  "], [None, {"heartrate": 70}, {"pain": 3}])
     placeholders = context.placeholders
     assert tokens.shape == (3, 2, 32)
-    assert torch.equal(tokens[1, 0], placeholders["indication"]) and torch.equal(tokens[2, 0], placeholders["indication"])
+    assert torch.equal(tokens[1, 0], placeholders["indication"])
+    assert torch.equal(tokens[2, 0], placeholders["indication"])
     assert not torch.allclose(tokens[0, 0], placeholders["indication"])
     assert torch.equal(tokens[0, 1], placeholders["vitals"]) and torch.equal(tokens[2, 1], placeholders["vitals"])
     assert not torch.allclose(tokens[1, 1], placeholders["vitals"])
