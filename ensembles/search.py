@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.combiners import COMBINERS, Combiner, make_combiner
+from ensembles.combiners import Combiner, make_combiner
 from ensembles.config import SearchConfig
 from ensembles.folds import out_of_fold
 from ensembles.objective import Objective, ObjectiveSpec
@@ -55,10 +55,10 @@ def score_out_of_fold(
     combiner: Combiner, probs: np.ndarray, objective: Objective, folds: np.ndarray
 ) -> tuple[float, np.ndarray]:
     """(objective on the pooled out-of-fold predictions, those predictions)."""
-    spec = {k: v for k, v in combiner.state().items()}
+    settings = combiner.state()
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        fitted = type(combiner).from_state(spec).fit(probs[:, train], objective.subset(train))
+        fitted = type(combiner).from_state(settings).fit(probs[:, train], objective.subset(train))
         return fitted.predict(probs[:, test])
 
     oof = out_of_fold(folds, fit_predict, probs.shape[2])

@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "launch.shard",
     "launch.evaluate",
     "launch.submit",
+    "launch.ensemble",
 )
 
 EXIT_INPUT_ERROR = 2

@@ -1,4 +1,5 @@
-"""`cxrlt submit ...`: CodaLab submission files. `validate` checks one against a task and id list."""
+"""`cxrlt submit ...`: CodaLab submission files. `validate` checks one against a task and id list;
+`write` makes one from a prediction file and validates it before it is put in place."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--ids", required=True, type=Path, help="the development/test CSV (dicom_id column)")
     validate.add_argument("submission", type=Path, help="submission .csv or .zip")
     validate.set_defaults(run=run_validate)
+    write = actions.add_parser(
+        "write",
+        help="write a CodaLab CSV or zip from a prediction file (e.g. an applied ensemble)",
+        description="Rows follow the id CSV; the file is validated before it replaces OUT.",
+    )
+    write.add_argument("--task", required=True, choices=["t1", "t2", "t3"])
+    write.add_argument("--ids", required=True, type=Path, help="the development/test CSV (dicom_id column)")
+    write.add_argument("--predictions", required=True, type=Path, help="prediction file (image_id + classes)")
+    write.add_argument("--out", required=True, type=Path, help="submission .zip or .csv")
+    write.set_defaults(run=run_write)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -44,3 +55,13 @@ def run_validate(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{len(f)} {k}" for k, f in by_kind.items())
     print(f"{args.submission}: INVALID for {args.task}: {len(report.faults)} faults ({counts})")
     return EXIT_INVALID
+
+
+def run_write(args: argparse.Namespace) -> int:
+    from ensembles.submission import write_submission
+
+    report = write_submission(args.predictions, args.task, args.ids, args.out)
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    print(f"wrote {args.out}: valid {args.task} submission, {report.n_rows} rows")
+    return 0

@@ -1,0 +1,70 @@
+"""`cxrlt ensemble build|apply|report`: search a recipe on dev predictions, apply it, report on it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ensemble", help="ensembles of prediction files")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    build = actions.add_parser(
+        "build",
+        help="search a combiner with Ray Tune on dev predictions; write recipe.json",
+        description="Scores are out of fold over patient-grouped folds of the dev set.",
+    )
+    build.add_argument("--predictions", required=True, nargs="+", type=Path, help="members' dev prediction files")
+    build.add_argument("--labels", required=True, type=Path, help="dev label CSV (dicom_id/image_id, patient column, classes)")
+    build.add_argument("--views", type=Path, help="CSV with the view column (default: the label CSV)")
+    build.add_argument("--config", type=Path, help="ensemble config TOML")
+    build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument("--out", required=True, type=Path, help="build folder")
+    build.set_defaults(run=run_build)
+
+    apply = actions.add_parser("apply", help="apply a recipe to members' predictions (no refitting)")
+    apply.add_argument("--recipe", required=True, type=Path)
+    apply.add_argument("--predictions", required=True, nargs="+", type=Path)
+    apply.add_argument("--views", type=Path, help="CSV with ViewPosition (needed by frontal-weighted recipes)")
+    apply.add_argument("--out", required=True, type=Path, help="ensemble prediction file (.csv or .parquet)")
+    apply.set_defaults(run=run_apply)
+
+    report = actions.add_parser("report", help="HTML page and PNG plots of a build")
+    report.add_argument("build", type=Path, help="build folder (recipe.json, build.npz)")
+    report.add_argument("--out", type=Path, help="report folder (default: BUILD/report)")
+    report.set_defaults(run=run_report)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from launch.console import make_console
+
+    from cxrlt.config import load_config
+    from ensembles.build import build
+    from ensembles.config import EnsembleConfig
+
+    console = make_console()
+    config = load_config(EnsembleConfig, args.config, args.overrides)
+    result = build(config, args.predictions, args.labels, args.out, args.views, console)
+    table = Table("score", "value", title=f"ensemble {result.recipe.config_hash}")
+    for name, value in result.recipe.scores.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print(f"wrote {result.recipe_path} (MLflow run {result.recipe.mlflow_run_id})")
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from ensembles.recipe import apply_recipe
+
+    print(f"wrote {apply_recipe(args.recipe, args.predictions, args.out, args.views)}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ensembles.report import write_report
+
+    print(f"wrote {write_report(args.build, args.out)}")
+    return 0
