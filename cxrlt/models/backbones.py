@@ -10,10 +10,8 @@ model trains at several resolutions. Weights come only from a local checkpoint (
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 import timm
@@ -41,7 +39,8 @@ class BackboneSpec:
     tiny: bool
     fixed_size: bool
     drop_path: bool
-    timm_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Pairs rather than a mapping proxy: models hold their spec and must stay deep-copyable (EMA copies them).
+    timm_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -54,7 +53,7 @@ def _register_family(
     for name in tiny + large:
         BACKBONES.register(
             name,
-            BackboneSpec(name, family, name in tiny, fixed_size, drop_path, MappingProxyType(timm_kwargs)),
+            BackboneSpec(name, family, name in tiny, fixed_size, drop_path, tuple(timm_kwargs.items())),
         )
 
 

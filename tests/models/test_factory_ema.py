@@ -59,6 +59,18 @@ def test_ema_follows_the_moving_average_formula():
             assert torch.equal(value, current)
 
 
+def test_ema_copies_a_real_model_and_averages_it():
+    cfg = load_config(ModelConfig, None, ["head.name=linear"])
+    model = build_model(cfg, ["a", "b"])
+    ema = create_ema(model, EmaConfig(enabled=True, decay=0.5, warmup=False))
+    with torch.no_grad():
+        model.head.fc.bias.fill_(2.0)
+        ema.module.head.fc.bias.zero_()
+    ema.update(model, step=5)
+    assert torch.equal(ema.module.head.fc.bias, torch.ones(2))
+    assert ema.module.backbone.spec == model.backbone.spec and not ema.module.training
+
+
 def test_ema_warmup_ramps_the_decay():
     ema = create_ema(torch.nn.Linear(2, 2), EmaConfig(enabled=True, decay=0.999, warmup_power=0.75))
     assert ema.get_decay(1) == 0.0  # the first update copies the model

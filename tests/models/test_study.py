@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cxrlt.config import from_dict
-from cxrlt.models import ModelConfig, StudyModel, build_model
+from cxrlt.models import EmaConfig, ModelConfig, StudyModel, build_model, create_ema
 
 CLASSES = [f"class {i}" for i in range(11)]
 SIZE = 64
@@ -185,3 +185,9 @@ def test_inputs_are_validated(model):
         _run(model, torch.zeros(1, 5, 1, SIZE, SIZE), torch.zeros(1, 5, dtype=torch.bool), None, None, None)
     with pytest.raises(ValueError, match="entries for a batch"):
         _run(model, images, padding, types, indication[:2], vitals)
+
+
+def test_ema_copy_of_the_study_model_predicts_the_same(model):
+    ema = create_ema(model, EmaConfig(enabled=True))
+    inputs = _inputs()
+    torch.testing.assert_close(_run(ema.module, *inputs), _run(model, *inputs))
