@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cxrlt.data.records import SourceTable
+    from cxrlt.labels import Schema
 
 SOURCES = ("mimic-cxr-lt", "nih", "chexpert", "padchest", "csv", "starter")
 DEFAULT_SCHEMA = {
@@ -67,7 +72,8 @@ def _label_files(specs: list[str]) -> dict:
     return files
 
 
-def read_source(args: argparse.Namespace, schema):  # noqa: ANN001, ANN201 - lazy imports keep --help fast
+def read_source(args: argparse.Namespace, schema: Schema) -> SourceTable:
+    """The source's records; its reader modules are imported here so `cxrlt --help` stays fast."""
     from cxrlt.config import from_dict
     from cxrlt.data.sources.chexpert import read_chexpert
     from cxrlt.data.sources.csvfolder import CsvColumns, read_csv_folder

@@ -74,6 +74,8 @@ class SampleDecoder:
         views = []
         for member, image_id, view in _members(raw, meta)[: self.max_views if self.level == "study" else None]:
             try:
+                if member not in raw:
+                    raise ImageProblem("missing", "member absent from the shard (damaged tar)")
                 image = open_gray(raw[member], self.transform.config.size)
             except ImageProblem as problem:
                 self.stats.report(raw["__key__"], member, problem)

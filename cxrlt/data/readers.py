@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch.utils.data
-import webdataset as wds
 from webdataset.filters import _shuffle
 
-from cxrlt.data.decoding import DecodeStats, Item, SampleDecoder, collate, parse_meta
+from cxrlt.data.decoding import LOG, DecodeStats, Item, SampleDecoder, collate, parse_meta
 from cxrlt.data.partition import Slot, distributed_context, slot_for, worker_context
 from cxrlt.data.samplers import class_repeat_factors, mix, repeat_by_factor
 from cxrlt.data.shardset import ShardEntry, ShardIndex, read_index
+from cxrlt.data.tarstream import tar_samples
 from cxrlt.data.transforms import ImageTransform, TransformConfig
 from cxrlt.errors import InputError
 
@@ -77,7 +77,10 @@ class ShardSplit:
     def read(self, shard: int, slot: Slot) -> Iterator[Raw]:
         """(raw sample, meta, labels) of `slot`'s samples in one shard, in tar order."""
         url = str(self.directory / self.entries[shard].file)
-        for position, raw in enumerate(wds.tarfile_samples([{"url": url}]), start=int(self.offsets[shard])):
+        for position, raw in enumerate(tar_samples(url), start=int(self.offsets[shard])):
+            if "json" not in raw:
+                LOG.warning("%s: sample %s has no json member (damaged shard); skipped", url, raw["__key__"])
+                continue
             if slot.keeps(position):
                 meta = parse_meta(raw)
                 meta["_index"] = position

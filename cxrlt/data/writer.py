@@ -163,7 +163,9 @@ class ShardWriter:
         skipped: list[dict[str, str]] = []
         written = 0
         with atomic_path(self.out / name) as tmp, open(tmp, "wb") as stream:
-            with wds.TarWriter(stream, encoder=False, mtime=0.0) as tar:
+            # An int mtime: a float one makes tarfile add a pax header to every member, which costs the
+            # readers about a tenth of their throughput in header parsing.
+            with wds.TarWriter(stream, encoder=False, mtime=0) as tar:
                 for sample in chunk:
                     result = next(encoded)
                     skipped.extend(result.problems)

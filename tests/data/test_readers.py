@@ -143,3 +143,23 @@ def test_synthetic_samples_mixed_at_ratio(starter_shards, tmp_path):
     reader = TrainReader(starter_shards, config, synthetic=tmp_path, rank=0, world_size=1)
     share = float(torch.cat([b["synthetic"] for b in reader]).float().mean())
     assert 0.2 < share < 0.4
+
+
+def test_tar_reader_matches_webdataset_and_survives_truncation(starter_shards, tmp_path, caplog):
+    import webdataset as wds
+
+    from cxrlt.data.tarstream import tar_samples
+
+    shard = str(sorted(starter_shards.glob("train-*.tar"))[0])
+    ours = list(tar_samples(shard))
+    theirs = list(wds.tarfile_samples([{"url": shard}]))
+    assert [(s["__key__"], s["json"], s["img.jpg"]) for s in ours] == [
+        (s["__key__"], s["json"], s["img.jpg"]) for s in theirs
+    ]
+    data = open(shard, "rb").read()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2 + 100])
+    with caplog.at_level("WARNING", logger="cxrlt.data"):
+        partial = list(tar_samples(str(cut)))
+    assert 0 < len(partial) < len(ours) and "truncated" in caplog.text
+    assert [s["__key__"] for s in partial] == [s["__key__"] for s in ours[: len(partial)]]
