@@ -3,8 +3,9 @@
 `Objective` is built once per label matrix and called thousands of times (greedy selection scores
 every candidate at every step). Why not call cxrlt.metrics.class_metrics each time: it re-derives the
 positive/negative masks, converts to float64 and computes F1/FNR/ECE too; with the labels fixed, the
-per-class positive and negative row indices are computed once here and only the two value sorts per
-class remain, which measured 4x faster at 80,000 x 40 (0.037 s against 0.139 s). AP is the same formula
+per-class positive rows and negative masks are computed once here, negatives below the lowest positive
+are dropped before sorting, and only the two value sorts per class remain: about 4x faster than
+class_metrics at 80,000 x 40 (0.037 s against 0.139 s measured before the negative pruning). AP is the same formula
 (sklearn's, ties as one threshold); tests/ensembles/test_objective.py checks equality with class_metrics.
 When the mix asks for mECE, class_metrics is used as is.
 """
@@ -44,8 +45,8 @@ class Objective:
         self.classes = tuple(classes)
         self.groups = dict(groups)
         self._pos = [np.flatnonzero(col == 1) for col in labels.T]
-        self._neg = [np.flatnonzero(col == 0) for col in labels.T]
-        self.valid = np.array([p.size > 0 and n.size > 0 for p, n in zip(self._pos, self._neg)])
+        self._neg = [col == 0 for col in labels.T]  # boolean masks: combined with a threshold below
+        self.valid = np.array([p.size > 0 and n.any() for p, n in zip(self._pos, self._neg)])
         if not self.valid.any():
             raise ValueError("no class has both known positives and known negatives")
         self._weights = self._class_weights(spec.kind, classes, groups)
@@ -71,14 +72,16 @@ class Objective:
         """AP per class (NaN where undefined), equal to average_precision_score."""
         columns = np.ascontiguousarray(np.asarray(probs).T)
         out = np.full(columns.shape[0], np.nan)
-        for j, (col, pos_rows, neg_rows) in enumerate(zip(columns, self._pos, self._neg)):
+        for j, (col, pos_rows, neg_mask) in enumerate(zip(columns, self._pos, self._neg)):
             if not self.valid[j]:
                 continue
             pos = np.sort(col[pos_rows])
-            neg = np.sort(col[neg_rows])
-            neg_below = np.searchsorted(neg, pos, side="left")
+            # Negatives below the lowest positive never enter AP; dropping them before the sort (the
+            # dominant cost) is exact and shrinks it by the fraction of easy negatives.
+            neg = np.sort(col[neg_mask & (col >= pos[0])])
+            neg_at_or_above = neg.size - np.searchsorted(neg, pos, side="left")
             pos_at_or_above = pos.size - np.searchsorted(pos, pos, side="left")
-            out[j] = np.mean(pos_at_or_above / (pos_at_or_above + neg.size - neg_below))
+            out[j] = np.mean(pos_at_or_above / (pos_at_or_above + neg_at_or_above))
         return out
 
     def __call__(self, probs: np.ndarray) -> float:
