@@ -107,7 +107,7 @@ class ClinicalContext(nn.Module):
         if not present:
             return out
         index = torch.tensor(present, device=placeholder.device)
-        return out.index_copy(0, index, encoded)
+        return out.index_copy(0, index, encoded.to(out.dtype))  # autocast may have lowered `encoded`
 
 
 def _checked(values: Sequence | None, batch: int, name: str) -> Sequence | None:

@@ -119,13 +119,17 @@ class StudyModel(nn.Module):
         batch, views = padding.shape
         grid = self.cfg.token_grid
         flat_images, flat_types, flat_real = images.flatten(0, 1), view_types.flatten(), ~padding.flatten()
-        tokens = images.new_zeros(batch * views, grid * grid, self.cfg.dim, dtype=self.view_proj.weight.dtype)
+        indices, encoded = [], []
         for view_type, encoder in enumerate(self.encoders):
             select = flat_real if len(self.encoders) == 1 else flat_real & (flat_types == view_type)
             index = select.nonzero().flatten()
             if index.numel():
                 features = F.adaptive_avg_pool2d(encoder(flat_images[index]), grid)
-                tokens = tokens.index_copy(0, index, self.view_proj(features.flatten(2).transpose(1, 2)))
+                indices.append(index)
+                encoded.append(self.view_proj(features.flatten(2).transpose(1, 2)))
+        # Zeros take the projection's dtype, which autocast decides (bf16 on GPU), not the weights'.
+        real = torch.cat(encoded)
+        tokens = real.new_zeros(batch * views, *real.shape[1:]).index_copy(0, torch.cat(indices), real)
         tokens = tokens.view(batch, views, grid * grid, -1) + self.pos_embed.to(tokens.dtype)
         if self.slot_embed is not None:
             tokens = tokens + self.slot_embed.weight[:views, None]

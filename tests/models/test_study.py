@@ -191,3 +191,31 @@ def test_ema_copy_of_the_study_model_predicts_the_same(model):
     ema = create_ema(model, EmaConfig(enabled=True))
     inputs = _inputs()
     torch.testing.assert_close(_run(ema.module, *inputs), _run(model, *inputs))
+
+
+def test_mixed_precision_forward_backward(model):
+    images, padding, types, indication, vitals = _inputs()
+    model.train()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images, padding, types, indication=indication, vitals=vitals)
+        logits.float().sum().backward()
+        assert logits.shape == (3, len(CLASSES)) and torch.isfinite(logits).all()
+        assert model.context.placeholders["indication"].grad is not None
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_on_cuda_keeps_padding_and_studies_separate():
+    model = _study_model(context={"vitals": "numeric"}).cuda()
+    images, padding, types, _, vitals = (x.cuda() if torch.is_tensor(x) else x for x in _inputs())
+    garbage, changed = images.clone(), images.clone()
+    garbage[padding] = 1e3
+    changed[1] = torch.randn_like(changed[1])
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        reference, padded, other = (_run(model, x, padding, types, None, vitals) for x in (images, garbage, changed))
+    torch.testing.assert_close(padded, reference, atol=0, rtol=0)
+    torch.testing.assert_close(other[[0, 2]], reference[[0, 2]], atol=0, rtol=0)
