@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.errors import InputError
+from cxrlt.labels import UNKNOWN
 
 ID_COLUMNS = ("dicom_id", "image_id")
 _LABEL_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": -1.0}
@@ -85,12 +86,22 @@ def unique_ids(frame: pd.DataFrame, id_column: str, path: str | os.PathLike) -> 
     return ids
 
 
-def parse_labels(frame: pd.DataFrame, classes: Sequence[str], path: str | os.PathLike) -> np.ndarray:
-    """(N, C) float32 labels in {1, 0, -1}; any other cell is an error naming line and column."""
+def parse_labels(
+    frame: pd.DataFrame,
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    uncertain: float = UNKNOWN,
+    blank: float = UNKNOWN,
+) -> np.ndarray:
+    """(N, C) float32 labels; any cell other than 1 / 0 / -1 / blank is an error naming line and column.
+
+    `uncertain` is what a -1 cell becomes and `blank` what an empty (or NaN) cell becomes: unknown by
+    default, or a CheXpert-style policy value (1.0 / 0.0) chosen by the caller.
+    """
     require_columns(frame, classes, path)
     out = np.empty((len(frame), len(classes)), dtype=np.float32)
     for j, name in enumerate(classes):
-        cells = frame[name].str.strip()
+        cells = frame[name].fillna("").astype(str).str.strip()
         mapped = cells.map(_LABEL_VALUES)
         bad = np.flatnonzero(mapped.isna().to_numpy())
         if bad.size:
@@ -98,7 +109,8 @@ def parse_labels(frame: pd.DataFrame, classes: Sequence[str], path: str | os.Pat
             raise InputError(
                 f"{path}: column {name!r}: label values must be 1, 0, -1 or blank; got {_listing(shown)}"
             )
-        out[:, j] = mapped.to_numpy(dtype=np.float32)
+        values = mapped.to_numpy(dtype=np.float32)
+        out[:, j] = np.where(cells.to_numpy() == "", blank, np.where(values == -1, uncertain, values))
     return out
 
 

@@ -18,9 +18,8 @@ import pandas as pd
 
 from cxrlt.errors import InputError
 from cxrlt.labels import UNKNOWN, Schema, harmonise_labels
+from cxrlt.tables import parse_labels, require_columns
 
-# Spreadsheet rows: the header is line 1, so data row i (0-based) is line i + 2.
-HEADER_LINES = 1
 UncertainPolicy = Literal["unknown", "positive", "negative"]
 _POLICY_VALUE = {"unknown": UNKNOWN, "positive": 1.0, "negative": 0.0}
 
@@ -64,26 +63,9 @@ def parse_label_columns(
     uncertain: UncertainPolicy = "unknown",
     blank: UncertainPolicy = "unknown",
 ) -> np.ndarray:
-    """Parse label cells (1, 0, -1 or blank) into an (N, len(columns)) float32 matrix.
-
-    -1 (uncertain) and blank cells become the value their policy names. Any other value is an
-    InputError naming the file, the spreadsheet row and the column.
-    """
-    out = np.empty((len(frame), len(columns)), dtype=np.float32)
-    for j, column in enumerate(columns):
-        raw = frame[column]
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-        blank_mask = raw.isna().to_numpy() | raw.astype(str).str.strip().isin(("", "nan", "NaN")).to_numpy()
-        bad = ~blank_mask & ~np.isin(values, (1.0, 0.0, -1.0))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"{file}: row {row + HEADER_LINES + 1}, column {column!r}: label value {raw.iloc[row]!r} "
-                f"is not 1, 0, -1 or blank ({int(bad.sum())} such cells in this column)"
-            )
-        col = np.where(values == -1.0, _POLICY_VALUE[uncertain], values)
-        out[:, j] = np.where(blank_mask, _POLICY_VALUE[blank], col)
-    return out
+    """Label cells (1, 0, -1 or blank) as an (N, len(columns)) float32 matrix, -1 and blank cells
+    mapped by their policy; cxrlt.tables.parse_labels names the file, line and column of a bad cell."""
+    return parse_labels(frame, columns, file, uncertain=_POLICY_VALUE[uncertain], blank=_POLICY_VALUE[blank])
 
 
 def to_target(labels: np.ndarray, columns: Sequence[str], naming: str, target: Schema, file: str) -> np.ndarray:
@@ -105,12 +87,6 @@ def optional_text(value: object) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-def require_columns(frame: pd.DataFrame, columns: Sequence[str], file: str | Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError(f"{file}: missing column(s) {missing}; found {list(frame.columns)}")
 
 
 def read_table(path: str | Path, **kwargs: object) -> pd.DataFrame:

@@ -84,7 +84,7 @@ def test_2023_naming_and_bad_label_cell(mimic, tmp_path, edit_cell):
     assert record.labels[get_schema("cxr-lt-2023").index("No Finding")] == normal
     bad = tmp_path / "train_labeled.csv"
     edit_cell(mimic.train, bad, 2, "Edema", "0.5")
-    with pytest.raises(InputError, match=r"train_labeled.csv: row 4, column 'Edema': label value '0.5'"):
+    with pytest.raises(InputError, match=r"train_labeled.csv: column 'Edema': label values must be 1, 0, -1 or blank; got line 4 = '0.5'"):
         read_mimic_cxr_lt(mimic.root, {"train": bad}, CXR_LT_2024_TASK1)
 
 
@@ -107,6 +107,6 @@ def test_cli_shards_and_reports_input_errors(mimic, tmp_path, capsys, edit_cell)
     bad = tmp_path / "train_labeled.csv"
     edit_cell(mimic.train, bad, 0, "Mass", "2")
     assert main(["shard", "mimic-cxr-lt", "--images", str(mimic.root), "--labels", str(bad), "--out", str(tmp_path / "x")]) == 2
-    assert "row 2, column 'Mass': label value '2'" in capsys.readouterr().err
+    assert "column 'Mass': label values must be 1, 0, -1 or blank; got line 2 = '2'" in capsys.readouterr().err
     assert main(["shard", "nih", "--out", str(tmp_path / "y")]) == 2
     assert "needs --table" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_padchest_unknown_label_name_is_an_error(padchest, tmp_path, edit_cell):
     table_path, images, frame = padchest
     bad = tmp_path / "bad.csv"
     edit_cell(table_path, bad, 3, "Labels", "['normal', 'pleural efusion']")
-    with pytest.raises(InputError, match=r"bad.csv: row 5, column 'Labels': class 'pleural efusion'"):
+    with pytest.raises(InputError, match=r"bad.csv: line 5, column 'Labels': class 'pleural efusion'"):
         read_padchest(bad, images, CXR_LT_2024_ALL)
 
 
@@ -122,5 +122,5 @@ def test_csv_folder_with_column_map_and_bad_label_value(tmp_path, read_back, mak
     assert items["x0"]["Edema"] == -1.0  # not a column: unknown
     bad = tmp_path / "bad.csv"
     bad.write_text(table.read_text().replace("x3.png,P1,train,1,-1", "x3.png,P1,train,yes,-1"))
-    with pytest.raises(InputError, match=r"bad.csv: row 5, column 'Pneumothorax': label value 'yes'"):
+    with pytest.raises(InputError, match=r"bad.csv: column 'Pneumothorax': label values must be 1, 0, -1 or blank; got line 5 = 'yes'"):
         read_csv_folder(bad, tmp_path / "img", target, columns)

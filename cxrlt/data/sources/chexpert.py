@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 from cxrlt.data.records import (
-    HEADER_LINES, Record, SourceTable, UncertainPolicy, optional_float, parse_label_columns, read_table,
-    require_columns, to_target,
+    Record, SourceTable, UncertainPolicy, optional_float, parse_label_columns, read_table, to_target,
 )  # fmt: skip
 from cxrlt.data.shardset import normalise_sex, normalise_view
 from cxrlt.errors import InputError
 from cxrlt.labels import CHEXPERT_14, Schema
+from cxrlt.tables import line_of, require_columns
 
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 _PATH = re.compile(r"(?:^|/)(train|valid)/(patient\d+)/(study\d+)/([^/]+)\.\w+$")
@@ -40,7 +40,7 @@ def read_chexpert(
         match = _PATH.search(str(path))
         if match is None:
             raise InputError(
-                f"{table}: row {i + HEADER_LINES + 1}, column 'Path': {path!r} is not "
+                f"{table}: line {line_of(i)}, column 'Path': {path!r} is not "
                 ".../train|valid/patientN/studyN/VIEW.jpg"
             )
         part, patient, study, view_name = match.groups()

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrlt.data.records import (
-    HEADER_LINES, Record, SourceTable, UncertainPolicy, optional_float, optional_text, parse_label_columns,
-    read_table, require_columns, to_target,
+    Record, SourceTable, UncertainPolicy, optional_float, optional_text, parse_label_columns,
+    read_table, to_target,
 )  # fmt: skip
 from cxrlt.data.shardset import SPLITS, normalise_sex, normalise_view
 from cxrlt.errors import InputError
 from cxrlt.labels import Schema
+from cxrlt.tables import line_of, require_columns
 
 _SPLIT_SPELLINGS = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "validation": "dev", "test": "test"}
 
@@ -46,7 +47,7 @@ def _split(value: object, table: str | Path, row: int, column: str) -> str | Non
     if text is None:
         return None
     if text.lower() not in _SPLIT_SPELLINGS:
-        raise InputError(f"{table}: row {row + HEADER_LINES + 1}, column {column!r}: split {text!r} is not one of {SPLITS}")
+        raise InputError(f"{table}: line {line_of(row)}, column {column!r}: split {text!r} is not one of {SPLITS}")
     return _SPLIT_SPELLINGS[text.lower()]
 
 
@@ -70,7 +71,7 @@ def read_csv_folder(table: str | Path, images: str | Path, target: Schema, colum
         cell = dict(zip(mapped, row))
         rel = optional_text(cell["path"])
         if rel is None:
-            raise InputError(f"{table}: row {i + HEADER_LINES + 1}, column {columns.path!r}: blank image path")
+            raise InputError(f"{table}: line {line_of(i)}, column {columns.path!r}: blank image path")
         image_id = optional_text(cell.get("image_id")) or Path(rel).stem
         records.append(
             Record(

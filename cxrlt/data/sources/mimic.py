@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.data.records import (
-    Record, SourceTable, parse_label_columns, read_table, require_columns, to_target,
+    Record, SourceTable, parse_label_columns, read_table, to_target,
 )  # fmt: skip
 from cxrlt.data.shardset import SPLITS, normalise_view
 from cxrlt.data.sources.mimic_context import join_vitals, read_indication, study_times
 from cxrlt.errors import InputError
 from cxrlt.labels import UNKNOWN, Schema, canonical_name
+from cxrlt.tables import require_columns
 
 ID_COLUMNS = ("dicom_id", "subject_id", "study_id", "fpath")
 META_COLUMNS = (*ID_COLUMNS, "ViewPosition", "ViewCodeSequence_CodeMeaning")

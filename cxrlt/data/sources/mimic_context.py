@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlt.data.records import read_table, require_columns
+from cxrlt.data.records import read_table
 from cxrlt.data.shardset import VITALS
+from cxrlt.tables import require_columns
 
 _SECTION = re.compile(
     r"^[ \t]*(?:CLINICAL[ \t]+)?INDICATIONS?[ \t]*:(?P<body>.*?)(?=^[ \t]*[A-Z][A-Z &/()-]{2,}:|\Z)",

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlt.data.records import HEADER_LINES, Record, SourceTable, optional_float, read_table, require_columns, to_target
+from cxrlt.data.records import Record, SourceTable, optional_float, read_table, to_target
 from cxrlt.data.shardset import normalise_sex, normalise_view
 from cxrlt.errors import InputError
 from cxrlt.labels import NIH_14, Schema
+from cxrlt.tables import line_of, require_columns
 
 NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender", "View Position")
 NO_FINDING = "No Finding"
@@ -35,7 +36,7 @@ def finding_matrix(findings: list[str], file: str | Path) -> tuple[np.ndarray, t
         for name in filter(None, (part.strip() for part in str(cell).split("|"))):
             if name not in position:
                 raise InputError(
-                    f"{file}: row {i + HEADER_LINES + 1}, column {FINDINGS_COLUMN!r}: unknown finding {name!r} "
+                    f"{file}: line {line_of(i)}, column {FINDINGS_COLUMN!r}: unknown finding {name!r} "
                     f"(known: {', '.join(columns)})"
                 )
             out[i, position[name]] = 1.0
@@ -48,7 +49,7 @@ def read_nih(table: str | Path, images: str | Path | None, target: Schema, sourc
     missing_findings = frame[FINDINGS_COLUMN].isna().to_numpy()
     if missing_findings.any():
         row = int(np.flatnonzero(missing_findings)[0])
-        raise InputError(f"{table}: row {row + HEADER_LINES + 1}, column {FINDINGS_COLUMN!r}: blank finding list")
+        raise InputError(f"{table}: line {line_of(row)}, column {FINDINGS_COLUMN!r}: blank finding list")
     native, columns = finding_matrix(frame[FINDINGS_COLUMN].tolist(), table)
     labels = to_target(native, columns, "nih", target, str(table))
     paths = index_images(Path(images)) if images is not None else {}

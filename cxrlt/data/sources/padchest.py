@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlt.data.records import HEADER_LINES, Record, SourceTable, optional_float, read_table, require_columns
+from cxrlt.data.records import Record, SourceTable, optional_float, read_table
 from cxrlt.data.shardset import normalise_sex, normalise_view
 from cxrlt.errors import InputError
 from cxrlt.labels import PADCHEST, UNKNOWN, Schema, harmonisation_index
+from cxrlt.tables import line_of, require_columns
 
 COLUMNS = (
     "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
@@ -35,7 +36,7 @@ def _label_names(cell: object, table: str | Path, row: int) -> list[str] | None:
         names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InputError(
-            f"{table}: row {row + HEADER_LINES + 1}, column {LABELS_COLUMN!r}: {cell[:80]!r} is not a list of names"
+            f"{table}: line {line_of(row)}, column {LABELS_COLUMN!r}: {cell[:80]!r} is not a list of names"
         )
     return [n.strip() for n in names if n.strip()]
 
@@ -57,7 +58,7 @@ def padchest_labels(cells: list[object], table: str | Path, target: Schema) -> n
                 try:
                     PADCHEST.index(name)
                 except KeyError as e:
-                    raise InputError(f"{table}: row {i + HEADER_LINES + 1}, column {LABELS_COLUMN!r}: {e.args[0]}") from None
+                    raise InputError(f"{table}: line {line_of(i)}, column {LABELS_COLUMN!r}: {e.args[0]}") from None
                 continue
             out[i, target_of[name]] = 1.0
     return out
