@@ -97,22 +97,36 @@ class Tracker:
         name: str,
         parent_run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
+        resume_run_id: str | None = None,
     ) -> Iterator[Run]:
-        """Open a run (a child of `parent_run_id` if given); it ends FINISHED, or FAILED on an error."""
+        """Open a run (a child of `parent_run_id` if given); it ends FINISHED, or FAILED on an error.
+
+        `resume_run_id`: continue that run (a resumed or requeued job keeps one run and one metric
+        history) instead of creating one; it is reopened as RUNNING.
+        """
         if not is_rank_zero():
             yield Run(None, None)
             return
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
-        if parent_run_id is not None:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        created = self.client.create_run(
-            self.experiment_id(experiment), run_name=name, tags={k: str(v) for k, v in all_tags.items()}
-        )
-        run_id = created.info.run_id
+        if resume_run_id is not None:
+            run_id = resume_run_id
+            self.client.update_run(run_id, status="RUNNING")
+            if tags:
+                Run(self.client, run_id).set_tags(tags)
+        else:
+            all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+            if parent_run_id is not None:
+                all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+            created = self.client.create_run(
+                self.experiment_id(experiment), run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+            )
+            run_id = created.info.run_id
         try:
             yield Run(self.client, run_id)
-        except BaseException:
-            self.client.set_terminated(run_id, status="FAILED")
+        except BaseException as e:
+            # A preempted job exits through SystemExit (see cxrlt.requeue) and a user's Ctrl-C through
+            # KeyboardInterrupt: those runs were stopped, not broken.
+            stopped = isinstance(e, (SystemExit, KeyboardInterrupt))
+            self.client.set_terminated(run_id, status="KILLED" if stopped else "FAILED")
             raise
         self.client.set_terminated(run_id, status="FINISHED")
 

@@ -3,9 +3,9 @@ once, in a known order). Both are IterableDatasets that yield finished batches (
 documented in cxrlt.data.decoding); wrap them with `make_loader`.
 
 Training: each (rank, worker) slot draws shards with replacement from its own share (see
-cxrlt.data.partition), shuffles through a buffer, optionally repeats tail-class samples and mixes in a
-synthetic shard set, and stops after a fixed number of batches: `steps_per_epoch` per rank, divided
-over the workers, so every rank runs the same count and no collective waits on a rank that ran dry.
+cxrlt.data.partition), shuffles through a buffer, optionally repeats tail-class samples and mixes in
+a synthetic and/or an unlabelled shard set, and stops after a fixed number of batches:
+`steps_per_epoch` per rank, divided over the workers, so every rank runs the same count and no collective waits on a rank that ran dry.
 Every random choice comes from a generator seeded by (seed, epoch, rank, worker), so an epoch replays
 exactly; call `set_epoch` before each epoch (with non-persistent DataLoader workers, which pick it up
 when they start).
@@ -49,6 +49,7 @@ class ReaderConfig:
     steps_per_epoch: int | None = None
     repeat_threshold: float | None = None
     synthetic_ratio: float = 0.0
+    unlabelled_ratio: float = 0.0
     transform: TransformConfig = field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +101,7 @@ class TrainReader(torch.utils.data.IterableDataset):
         shards: str | Path,
         config: ReaderConfig,
         synthetic: str | Path | None = None,
+        unlabelled: str | Path | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -108,11 +110,15 @@ class TrainReader(torch.utils.data.IterableDataset):
         self.real = ShardSplit(shards, config.split)
         if self.real.num_samples == 0:
             raise InputError(f"{shards}: split {config.split!r} has no samples")
-        self.synthetic = None
-        if synthetic is not None and config.synthetic_ratio > 0:
-            self.synthetic = ShardSplit(synthetic, config.split)
-            if self.synthetic.index.classes != self.real.index.classes:
-                raise InputError(f"{synthetic}: its classes differ from {shards}'s; synthesise with the same schema")
+        # Extra shard sets mixed into the real stream: synthetic tail images, and unlabelled images
+        # whose labels the noisy student's teacher fills in.
+        self.mixes: list[tuple[ShardSplit, float]] = []
+        for extra, ratio, what in ((synthetic, config.synthetic_ratio, "synthesise"), (unlabelled, config.unlabelled_ratio, "shard")):
+            if extra is not None and ratio > 0:
+                split = ShardSplit(extra, config.split)
+                if split.index.classes != self.real.index.classes:
+                    raise InputError(f"{extra}: its classes differ from {shards}'s; {what} it with the same schema")
+                self.mixes.append((split, ratio))
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(
             self.real.num_samples / (config.batch_size * self.world_size)
         )
@@ -148,9 +154,9 @@ class TrainReader(torch.utils.data.IterableDataset):
         stream = self._resampled(self.real, slot, rng)
         if self.factors is not None:
             stream = repeat_by_factor(stream, lambda sample: sample[2], self.factors, rng)
-        if self.synthetic is not None:
-            synthetic_slot = slot_for(len(self.synthetic.entries), self.rank, self.world_size, worker, num_workers)
-            stream = mix(stream, self._resampled(self.synthetic, synthetic_slot, rng), c.synthetic_ratio, rng)
+        for split, ratio in self.mixes:
+            extra_slot = slot_for(len(split.entries), self.rank, self.world_size, worker, num_workers)
+            stream = mix(stream, self._resampled(split, extra_slot, rng), ratio, rng)
         stream = _shuffle(stream, bufsize=c.shuffle_buffer, initial=c.shuffle_buffer, seed=int(rng.integers(2**62)))
         decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, self.stats)
         items = (item for raw, meta, _ in stream for item in decoder(raw, meta, rng))
