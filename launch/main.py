@@ -21,6 +21,8 @@ SUBCOMMANDS = (
     "launch.evaluate",
     "launch.submit",
     "launch.ensemble",
+    "launch.train",
+    "launch.synth",
 )
 
 EXIT_INPUT_ERROR = 2

@@ -1,0 +1,180 @@
+"""The `cxrlt train` config tree: one dataclass per TOML table, validated before any work starts.
+
+A stage change (image -> study -> noisy student) or a resolution sweep is a config edit, never a code
+edit. Paths are resolved relative to the working directory of the command, as a user types them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cxrlt.data.transforms import TransformConfig
+from cxrlt.models.ema import EmaConfig
+from cxrlt.models.factory import ModelConfig
+from cxrlt.models.losses import LossConfig
+
+STAGES = ("image", "study", "student")
+METRICS = ("mAP", "mAUROC", "mF1", "group_average_mAP", "loss")
+
+
+@dataclass
+class RunConfig:
+    """out_dir: this run's folder (checkpoints, models, metrics, predictions); one member per
+    resolution goes into `out_dir/res-<size>`. tracking_uri: an MLflow URI; empty means the
+    MLFLOW_TRACKING_URI environment variable, else SQLite `./mlruns.db` (artifacts `./mlartifacts`)."""
+
+    out_dir: Path = Path("runs/train")
+    name: str = ""
+    experiment: str = "cxrlt"
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+    seed: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class DataConfig:
+    """batch_size is per rank and per micro-step; steps_per_epoch counts micro-steps per rank (None:
+    one pass over the train split's samples across all ranks)."""
+
+    shards: Path | None = None
+    train_split: str = "train"
+    dev_split: str = "dev"
+    synthetic: Path | None = None
+    synthetic_ratio: float = 0.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    steps_per_epoch: int | None = None
+    repeat_threshold: float | None = None
+    shuffle_buffer: int = 1000
+    max_views: int = 4
+    transform: TransformConfig = field(default_factory=TransformConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; the learning rate warms up linearly for `warmup_steps` optimizer steps, then follows a
+    cosine down to lr * min_lr_ratio at the last step. grad_accum micro-steps make one optimizer step."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("lr must be > 0, weight_decay >= 0 and min_lr_ratio in [0, 1]")
+        if self.grad_accum < 1 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("grad_accum must be >= 1; warmup_steps and grad_clip >= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    """monitor: the dev metric that picks the best checkpoint and drives early stopping ("loss" is the
+    dev loss, minimised; the others are maximised). patience: epochs without improvement before
+    stopping (0: never stop early)."""
+
+    epochs: int = 10
+    monitor: str = "mAP"
+    patience: int = 0
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.patience < 0:
+            raise ValueError("epochs must be >= 1 and patience >= 0")
+        if self.monitor not in METRICS:
+            raise ValueError(f"monitor must be one of {METRICS}, got {self.monitor!r}")
+
+
+@dataclass
+class CheckpointConfig:
+    """every_steps: also checkpoint every N optimizer steps inside an epoch (0: epoch ends only);
+    keep_last: training checkpoints kept on disk (the best model file is always kept)."""
+
+    every_steps: int = 0
+    keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ValueError("every_steps must be >= 0 and keep_last >= 1")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """zero_stage 0-2: stage 3 partitions the parameters themselves, which the EMA copy and the
+    trained-model files need whole, and no model here is too large for one device.
+    precision: "auto" is bf16 on CUDA and fp32 on CPU."""
+
+    zero_stage: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+
+
+@dataclass
+class StageConfig:
+    """name: "image", "study" or "student". init_from: a trained-model file (best.pt) whose weights start
+    this run: the whole model for image/student, the backbone of every view encoder for study.
+    freeze_backbone: keep the backbone(s) fixed (only the head / fusion learn)."""
+
+    name: str = "image"
+    init_from: Path | None = None
+    freeze_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.name!r}")
+
+
+@dataclass
+class StudentConfig:
+    """Noisy student. teacher: the first teacher's model file. unlabelled: a shard set (same classes,
+    labels unknown) mixed into training at `unlabelled_ratio`. Each of `iterations` rounds writes the
+    teacher's pseudo-labels (soft probabilities, or 0/1 at `hard_threshold` when `hard`), replaces the
+    unknown labels of every training sample with them, trains a student, and makes it the next teacher."""
+
+    teacher: Path | None = None
+    unlabelled: Path | None = None
+    unlabelled_ratio: float = 0.5
+    iterations: int = 1
+    hard: bool = False
+    hard_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or not 0 <= self.unlabelled_ratio < 1:
+            raise ValueError("iterations must be >= 1 and unlabelled_ratio in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """resolutions: train one member per size (each sets data.transform.size and model.backbone.img_size);
+    empty: train once at data.transform.size."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    resolutions: list[int] = field(default_factory=list)
+
+    @property
+    def level(self) -> str:
+        """The reader level: study models read study batches, image and student stages image batches
+        unless the model is a study model."""
+        return "study" if self.model.kind == "study" else "image"

@@ -1,0 +1,109 @@
+"""The process group and the few collectives the trainer needs.
+
+One code path for every layout: torchrun (local `--nproc`, or one torchrun per node under SLURM) sets
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain `srun` task per rank gets them
+from SLURM's variables; a lone process (a Tune trial, a test) becomes a group of one on a free local
+port. DeepSpeed then initialises the group: NCCL when CUDA is there, gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rendezvous_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT for a task that srun started directly
+    (one task per rank, no torchrun), derived from SLURM's variables; {} when not under srun."""
+    if "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env or "RANK" in env:
+        return {}
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": hosts[0] if hosts else "127.0.0.1",
+        # Every job gets its own port so two jobs sharing a head node do not collide.
+        "MASTER_PORT": env.get("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)),
+    }
+
+
+def init(backend: str = "auto") -> Context:
+    """Join (or create) the process group; idempotent within a process."""
+    os.environ.update(rendezvous_from_slurm(os.environ))
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        chosen = ("nccl" if cuda else "gloo") if backend == "auto" else backend
+        deepspeed.init_distributed(dist_backend=chosen, verbose=False)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on at least one (one all-reduce)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    out = values.detach().clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` on rank 0 (in rank order), None elsewhere."""
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    dist.barrier()

@@ -1,0 +1,83 @@
+"""The DeepSpeed engine around a model: AdamW, warm-up + cosine schedule, precision, ZeRO, clipping.
+
+The optimizer is a client torch AdamW (DeepSpeed's fused Adam needs CUDA and a compiled op, and the
+same optimizer on CPU and GPU keeps one code path), over the trainable parameters only: frozen
+backbones and unused per-view encoders would otherwise sit in the ZeRO partitions with no gradient.
+Norm weights, biases and embeddings get no weight decay. bf16 runs as autocast inside the engine. The schedule is a LambdaLR that DeepSpeed
+steps once per optimizer step (after gradient accumulation), so warm-up and cosine count real updates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import deepspeed
+import torch
+from torch import nn
+
+from trainers.config import DeepSpeedConfig, OptimConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # 1-D tensors are norms and biases; embeddings and position tables are not weights to shrink.
+        skip = param.ndim <= 1 or "embed" in name or name.endswith(("pos_embed", "cls_token", "queries"))
+        (no_decay if skip else decay).append(param)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """lr multiplier per optimizer step: linear warm-up from 1/(warmup+1), then cosine to min_ratio."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def use_bf16(cfg: DeepSpeedConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def deepspeed_config(
+    optim: OptimConfig, ds: DeepSpeedConfig, micro_batch: int, world_size: int, bf16: bool
+) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "train_batch_size": micro_batch * optim.grad_accum * world_size,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        # bf16 as torch autocast inside the engine's forward, not DeepSpeed's bf16 mode: the weights stay
+        # fp32 masters, which the EMA copy and the trained-model files read directly, and gradients are
+        # still reduced in bf16 for the Linear/Conv layers.
+        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
+        # The client AdamW is not on DeepSpeed's list of ZeRO-tested optimizers, but it is plain torch.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(
+    model: nn.Module, optim: OptimConfig, ds: DeepSpeedConfig, micro_batch: int, world_size: int,
+    total_steps: int, device: torch.device,
+) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR]:  # fmt: skip
+    """(engine, scheduler): the DeepSpeed engine owning `model`, its optimizer and the schedule."""
+    groups = parameter_groups(model, optim.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (is everything frozen?)")
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(optim.warmup_steps, total_steps, optim.min_lr_ratio)
+    )
+    config = deepspeed_config(optim, ds, micro_batch, world_size, use_bf16(ds, device))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    return engine, scheduler
