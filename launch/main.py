@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "launch.ensemble",
     "launch.train",
     "launch.synth",
+    "launch.slurm",
 )
 
 EXIT_INPUT_ERROR = 2
