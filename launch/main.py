@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "launch.submit",
     "launch.ensemble",
     "launch.train",
+    "launch.predict",
     "launch.synth",
     "launch.slurm",
 )

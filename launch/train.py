@@ -39,4 +39,4 @@ def run(args: argparse.Namespace) -> int:
         from trainers.worker import main as worker_main
 
         return worker_main(worker_args)
-    return run_torchrun(layout, worker_args, Path(cfg.run.out_dir))
+    return run_torchrun(layout, "trainers.worker", worker_args, Path(cfg.run.out_dir))

@@ -129,3 +129,14 @@ def predict_split(
     return SplitOutputs(
         index=stacked(0), ids=listed(1), study_ids=listed(2), image_ids=listed(3), labels=stacked(4), probs=stacked(5)
     )
+
+
+def image_rows(outputs: SplitOutputs) -> tuple[list[str], list[str], np.ndarray]:
+    """(image ids, study ids, row of `outputs` per image): a study's prediction applies to each of its
+    images, which is how the prediction-file contract (one row per image) holds study predictions."""
+    image_ids, study_ids, rows = [], [], []
+    for sample, (images, study) in enumerate(zip(outputs.image_ids, outputs.study_ids)):
+        image_ids += images
+        study_ids += [study] * len(images)
+        rows += [sample] * len(images)
+    return image_ids, study_ids, np.asarray(rows, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""`cxrlt train`'s process layout: in this process for one rank, else torchrun, relaying preemption.
+"""The process layout of `cxrlt train` and `cxrlt predict`: in this process for one rank, else torchrun, relaying preemption.
 
 One rank on one node trains in-process (a group of one). More ranks, or several nodes, start torchrun
 (`python -m torch.distributed.run`) with `trainers.worker`: standalone rendezvous on one node,
@@ -40,7 +40,7 @@ class Layout:
         return self.nproc == 1 and self.nnodes == 1
 
 
-def torchrun_command(layout: Layout, worker_args: Sequence[str]) -> list[str]:
+def torchrun_command(layout: Layout, module: str, worker_args: Sequence[str]) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={layout.nproc}"]
     if layout.nnodes == 1 and not layout.rdzv_endpoint:
         command.append("--standalone")
@@ -49,13 +49,13 @@ def torchrun_command(layout: Layout, worker_args: Sequence[str]) -> list[str]:
             f"--nnodes={layout.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={layout.rdzv_endpoint}",
             f"--rdzv-id={layout.rdzv_id}",
         ]  # fmt: skip
-    return command + ["-m", "trainers.worker", *worker_args]
+    return command + ["-m", module, *worker_args]
 
 
-def run_torchrun(layout: Layout, worker_args: Sequence[str], run_dir: Path) -> int:
-    """Run the workers under torchrun; returns the exit status `cxrlt train` should end with."""
+def run_torchrun(layout: Layout, module: str, worker_args: Sequence[str], run_dir: Path) -> int:
+    """Run `module`'s workers under torchrun; returns the exit status the command should end with."""
     (run_dir / PREEMPTED).unlink(missing_ok=True)
-    process = subprocess.Popen(torchrun_command(layout, worker_args))
+    process = subprocess.Popen(torchrun_command(layout, module, worker_args))
 
     def relay(signum: int, frame: object) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)

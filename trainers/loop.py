@@ -40,7 +40,7 @@ from trainers.batches import model_inputs
 from trainers.checkpointing import Checkpointer, TrainState
 from trainers.config import TrainConfig
 from trainers.engine import build_engine, use_bf16
-from trainers.inference import SplitOutputs, predict_split
+from trainers.inference import SplitOutputs, image_rows, predict_split
 from trainers.modelinit import build_member_model
 from trainers.pseudo import PseudoLabels
 from trainers.reports import plot_history, write_per_class
@@ -292,12 +292,7 @@ def _write_dev_outputs(
     config_hash: str, run_id: str | None, groups: dict[str, str],
 ) -> None:  # fmt: skip
     """The best epoch's dev predictions (prediction-file contract) and per-class table."""
-    image_ids, study_ids, rows = [], [], []
-    for sample, (images, study) in enumerate(zip(outputs.image_ids, outputs.study_ids)):
-        for image_id in images:  # a study prediction applies to each of its images
-            image_ids.append(image_id)
-            study_ids.append(study)
-            rows.append(sample)
+    image_ids, study_ids, rows = image_rows(outputs)
     meta = PredictionMeta(
         classes=tuple(classes), schema=schema, split=cfg.data.dev_split, model=cfg.run.name or run_dir.name,
         config_hash=config_hash, checkpoint=str(run_dir / "best.pt"), mlflow_run_id=run_id, tta="none",
