@@ -7,6 +7,7 @@ the command in the job script.
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,5 +112,9 @@ def load_slurm_config(path: Path, overrides: Sequence[str] = ()) -> LoadedConfig
     theirs = [o for o in overrides if o not in ours]
     document = {SECTION: data.pop(SECTION, {})}
     overridden = apply_overrides(_Document, document, ours)
+    section = document[SECTION]
+    if isinstance(section, dict) and isinstance(section.get("time"), datetime.time):
+        # TOML reads an unquoted `time = 04:00:00` (or `--set slurm.time=04:00:00`) as a local time.
+        section["time"] = section["time"].isoformat()
     loaded = from_dict(_Document, document, origin=lambda key: OVERRIDE_ORIGIN if key in overridden else str(path))
     return LoadedConfig(loaded.slurm, data, theirs)

@@ -24,11 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for kind, text in KIND_HELP.items():
         sub = kinds.add_parser(kind, help=text, description="Renders an sbatch script from CONFIG's [slurm] "
                                "table and submits it; prints the job id.")  # fmt: skip
+        _add_job_options(sub)
         sub.add_argument("config", type=Path, help="the command's TOML with a [slurm] table")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="slurm.* keys configure the job; the others go to the command")  # fmt: skip
-        sub.add_argument("--dry-run", action="store_true", help="print the script(s); submit nothing")
-        sub.add_argument("args", nargs="*", metavar="-- ARGS", help="arguments for the command itself")
+        # Python 3.11's argparse cannot take `CONFIG [options] -- ARGS` with a nargs="*" positional
+        # (it is matched, empty, right after CONFIG), so the rest is split at "--" in run_submit.
+        sub.add_argument("rest", nargs=argparse.REMAINDER, metavar="[--set ...] [--dry-run] [-- ARGS]",
+                         help="ARGS (after --) go to the command itself")  # fmt: skip
         sub.set_defaults(run=run_submit)
     show = kinds.add_parser("status", help="state of a submitted job or chain")
     show.add_argument("job", nargs="?", help="job id or submission folder (default: the newest submission)")
@@ -37,11 +38,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(run=run_status)
 
 
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="slurm.* keys configure the job; the others go to the command")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="print the script(s); submit nothing")
+
+
 def run_submit(args: argparse.Namespace) -> int:
     from cluster.plan import make_plan
     from cluster.submit import dry_run_commands, submit
 
-    plan = make_plan(args.kind, args.config, args.overrides, args.args, Path.cwd())
+    rest = list(args.rest)
+    cut = rest.index("--") if "--" in rest else len(rest)
+    options = argparse.ArgumentParser(prog=f"cxrlt slurm {args.kind} {args.config}")
+    _add_job_options(options)
+    options.parse_args(rest[:cut], namespace=args)
+    plan = make_plan(args.kind, args.config, args.overrides, rest[cut + 1 :], Path.cwd())
     if args.dry_run:
         for line in dry_run_commands(plan):
             print(f"would run: {line}", file=sys.stderr)
