@@ -1,4 +1,8 @@
-"""`cxrlt synth train|sample|report`: rare-class image synthesis (logic in synth/)."""
+"""`cxrlt synth train|sample|report CONFIG [--set k=v]`: rare-class image synthesis (logic in synth/).
+
+Every input and output path is in the config (data.shards, run.out_dir, sample.*, filter.classifier),
+so `cxrlt slurm synth` runs these commands with nothing but the config and its overrides.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,23 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="synth config TOML (configs/synth-*.toml); default: built-in")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+ACTIONS = {
+    "train": "train (or with --resume continue) the label-conditioned diffusion model on data.shards",
+    "sample": "generate tail-class candidates, filter them with filter.classifier, write synthetic shards",
+    "report": "per-class counts and grids, filter pass rates, real-vs-synthetic discriminator AUC",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("synth", help="diffusion synthesis of tail-class images")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    train = actions.add_parser(
-        "train",
-        help="train (or resume) the label-conditioned diffusion model on image shards",
-        description="Rerun the same command to resume; exits 75 after a stop request (SIGUSR1/SIGTERM).",
-    )
-    train.add_argument("--shards", required=True, type=Path, help="real image-level shard set")
-    train.add_argument("--out", required=True, type=Path, help="run folder (checkpoint.pt, model.pt, grids/)")
-    _config_arguments(train)
-    train.set_defaults(run=run_train)
-
-    sample = actions.add_parser("sample", help="generate tail-class candidates, filter them, write synthetic shards")
-    sample.add_argument("--model", required=True, type=Path, help="synth model file (RUN/model.pt)")
-    sample.add_argument("--shards", required=True, type=Path, help="the real shard set the model was trained on")
-    sample.add_argument("--out", required=True, type=Path, help="synthetic shard set folder")
-    sample.add_argument("--classifier", type=Path, help="trained classifier file for the filter (sets filter.classifier)")
-    _config_arguments(sample)
-    sample.set_defaults(run=run_sample)
-
-    report = actions.add_parser("report", help="counts, per-class grids, filter pass rates, real-vs-synthetic AUC")
-    report.add_argument("--shards", required=True, type=Path, help="the real shard set")
-    report.add_argument("--synthetic", required=True, type=Path, help="folder written by `cxrlt synth sample`")
-    report.add_argument("--out", required=True, type=Path, help="report folder (report.html, report.json, PNGs)")
-    _config_arguments(report)
-    report.set_defaults(run=run_report)
+    for action, text in ACTIONS.items():
+        p = actions.add_parser(action, help=text, description=text)
+        p.add_argument("config", type=Path, help="synth config TOML (configs/synth-*.toml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if action == "train":
+            p.add_argument("--resume", action="store_true", help="continue from run.out_dir/checkpoint.pt")
+        p.set_defaults(run=globals()[f"run_{action}"])
 
 
 def _config(args: argparse.Namespace):
@@ -52,24 +39,25 @@ def _config(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     from synth.train import train
 
-    status = train(_config(args), args.shards, args.out)
-    print(f"{args.out}: " + ("model.pt written" if status == 0 else f"stopped for requeue (exit {status}); rerun to resume"))
+    cfg = _config(args)
+    status = train(cfg, resume=args.resume)
+    done = "model.pt written" if status == 0 else f"stopped for requeue (exit {status}); rerun with --resume"
+    print(f"{cfg.run.out_dir}: {done}")
     return status
 
 
 def run_sample(args: argparse.Namespace) -> int:
     from synth.sample import sample
 
-    if args.classifier is not None:
-        args.overrides = [*args.overrides, f"filter.classifier={args.classifier}"]
-    result = sample(_config(args), args.model, args.shards, args.out, command=["cxrlt", *sys.argv[1:]])
+    cfg = _config(args)
+    result = sample(cfg, command=["cxrlt", *sys.argv[1:]])
     kept = sum(c.kept for c in result.candidates)
-    print(f"{args.out}: {kept} of {len(result.candidates)} candidates kept ({result.drawn} drawn in this run)")
+    print(f"{cfg.synthetic_dir}: {kept} of {len(result.candidates)} candidates kept ({result.drawn} drawn in this run)")
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
     from synth.report import write_report
 
-    print(f"wrote {write_report(_config(args), args.shards, args.synthetic, args.out)}")
+    print(f"wrote {write_report(_config(args))}")
     return 0

@@ -1,8 +1,9 @@
 """The `cxrlt synth` config tree (TOML + `--set` overrides through cxrlt.config).
 
 One tree serves train, sample and report, so the config written beside a trained model says how its
-images were made and a later `sample` can reuse it unchanged. Paths of inputs and outputs are command
-arguments, not config: the same preset runs on any machine.
+images were made and a later `sample` can reuse it unchanged. Like `cxrlt train`, everything lives in
+one run folder (`run.out_dir`; `cxrlt slurm synth` sets it): checkpoint.pt and model.pt from train,
+synthetic/ (the shard set the trainer's `data.synthetic` points at) from sample, report/ from report.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cxrlt.errors import InputError
 from cxrlt.models.ema import EmaConfig
+
+MODEL_FILE = "model.pt"
 
 
 @dataclass
@@ -90,7 +94,12 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     """Target classes: `classes` when given, else every class whose share of the real train split is
-    below `tail_threshold` (and that has at least one positive to draw co-occurring findings from)."""
+    below `tail_threshold` (and that has at least one positive to draw co-occurring findings from).
+    model: the synth-model file (default: run.out_dir/model.pt); out: the synthetic set's folder
+    (default: run.out_dir/synthetic)."""
+
+    model: Path | None = None
+    out: Path | None = None
 
     tail_threshold: float = 0.01
     classes: list[str] = field(default_factory=list)
@@ -100,10 +109,11 @@ class SampleConfig:
     eta: float = 0.0
     batch_size: int = 32
     seed: int = 0
+    samples_per_shard: int = 1000
 
     def __post_init__(self) -> None:
-        if self.per_class < 1 or self.ddim_steps < 1 or self.batch_size < 1:
-            raise ValueError("per_class, ddim_steps and batch_size must be >= 1")
+        if min(self.per_class, self.ddim_steps, self.batch_size, self.samples_per_shard) < 1:
+            raise ValueError("per_class, ddim_steps, batch_size and samples_per_shard must be >= 1")
 
 
 @dataclass
@@ -120,8 +130,10 @@ class FilterConfig:
 @dataclass
 class ReportConfig:
     """The fidelity figure: cross-validated AUC of a logistic regression telling real from synthetic
-    train images on `pixels` x `pixels` downsampled pixels (0.5 = indistinguishable)."""
+    train images on `pixels` x `pixels` downsampled pixels (0.5 = indistinguishable).
+    out: the report folder (default: run.out_dir/report)."""
 
+    out: Path | None = None
     pixels: int = 16
     folds: int = 5
     max_real: int = 2000
@@ -130,12 +142,46 @@ class ReportConfig:
 
 
 @dataclass
+class RunConfig:
+    """out_dir: the run folder. tracking_uri: an MLflow URI; default: a SQLite store in out_dir."""
+
+    out_dir: Path = Path("runs/synth")
+    tracking_uri: str | None = None
+    experiment: str = "synth"
+
+
+@dataclass
+class DataConfig:
+    """shards: the real image-level shard set (its train split is what the model learns and what label
+    sets are drawn from)."""
+
+    shards: Path | None = None
+
+
+@dataclass
 class SynthConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    samples_per_shard: int = 1000
-    tracking_uri: str | None = None  # default: sqlite store in the output folder
-    experiment: str = "synth"
+
+    @property
+    def shards(self) -> Path:
+        if self.data.shards is None:
+            raise InputError("data.shards is not set: give the real shard set (--set data.shards=DIR)")
+        return self.data.shards
+
+    @property
+    def model_file(self) -> Path:
+        return self.sample.model or self.run.out_dir / MODEL_FILE
+
+    @property
+    def synthetic_dir(self) -> Path:
+        return self.sample.out or self.run.out_dir / "synthetic"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.report.out or self.run.out_dir / "report"

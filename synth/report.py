@@ -147,7 +147,9 @@ def _filter_settings(synthetic: Path) -> dict[str, Any]:
     return {"classifier": str(used.classifier), "threshold": used.threshold}
 
 
-def write_report(cfg: SynthConfig, shards: Path, synthetic: Path, out: Path) -> Path:
+def write_report(cfg: SynthConfig) -> Path:
+    """Report on the synthetic set of `cfg` (sample.out) against data.shards into report.out."""
+    shards, synthetic, out = cfg.shards, cfg.synthetic_dir, cfg.report_dir
     real, added = read_index(shards), read_index(synthetic)
     candidates = read_manifest(synthetic)
     out.mkdir(parents=True, exist_ok=True)

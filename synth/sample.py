@@ -1,6 +1,7 @@
 """`cxrlt synth sample`: target classes -> label sets -> candidates -> classifier filter -> shards.
 
-Outputs in the synthetic folder: candidates/ (every generated PNG, kept or not), candidates.jsonl
+Reads data.shards and sample.model (default run.out_dir/model.pt); writes into sample.out (default
+run.out_dir/synthetic): candidates/ (every generated PNG, kept or not), candidates.jsonl
 (one row per candidate: label set, seed, guidance, filter score, kept), config.toml, and the shard set
 (`train-%06d.tar` + `_index.json`) of the kept candidates.
 """
@@ -32,8 +33,8 @@ class SampleResult:
     drawn: int
 
 
-def sample(cfg: SynthConfig, model_path: Path, shards: Path, out: Path, command: list[str] | None = None) -> SampleResult:
-    out = Path(out)
+def sample(cfg: SynthConfig, command: list[str] | None = None) -> SampleResult:
+    shards, model_path, out = cfg.shards, cfg.model_file, cfg.synthetic_dir
     real = read_index(shards)
     model = load_synth_model(model_path)
     if list(model.diffusion.classes) != real.classes:
@@ -54,6 +55,6 @@ def sample(cfg: SynthConfig, model_path: Path, shards: Path, out: Path, command:
     score_candidates(candidates, out, cfg.filter)
     write_manifest(out, candidates)
     index = write_synthetic_shards(
-        candidates, out, real, cfg.filter, model.diffusion.config.image_size, cfg.samples_per_shard, command or []
+        candidates, out, real, cfg.filter, model.diffusion.config.image_size, cfg.sample.samples_per_shard, command or []
     )
     return SampleResult(index, candidates, drawn)

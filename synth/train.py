@@ -9,7 +9,8 @@ request), model.pt (the synth-model file `sample` reads: EMA weights when EMA is
 gets the loss and a sample grid (one image per class) every `grid_every` steps and at the end.
 
 Preemption (cxrlt.requeue): SIGUSR1/SIGTERM or the run folder's stop-request file -> checkpoint after
-the current step -> exit REQUEUE_EXIT_CODE. Rerunning the same command resumes.
+the current step -> exit REQUEUE_EXIT_CODE. Rerunning with `--resume` continues from checkpoint.pt; as
+with `cxrlt train`, a folder that holds a checkpoint is never trained over without it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ from cxrlt.errors import InputError
 from cxrlt.models.ema import create_ema
 from cxrlt.requeue import REQUEUE_EXIT_CODE, STOP_SIGNALS, clear_stop_request, stop_requested
 from cxrlt.tracking import Run, Tracker, sqlite_uri
-from synth.config import SynthConfig, TrainConfig
+from synth.config import MODEL_FILE, SynthConfig, TrainConfig
 from synth.grid import save_grid
 from synth.model import Diffusion, build_diffusion, save_synth_model
 
 CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
 CONFIG = "config.toml"
 # Keys that may change between attempts of one run: they do not change what a step computes.
 RESUMABLE_CHANGES = ("steps", "log_every", "grid_every", "grid_steps", "workers")
@@ -84,7 +84,7 @@ def _compared(cfg: SynthConfig) -> dict[str, Any]:
 
 def _check_resumable(saved: dict[str, Any], cfg: SynthConfig, classes: list[str], path: Path) -> None:
     if saved["classes"] != classes:
-        raise InputError(f"{path}: trained on other classes than the shards given; use a new --out")
+        raise InputError(f"{path}: trained on other classes than data.shards; choose another run.out_dir")
     current = _compared(cfg)
     for section in current:
         changed = sorted(k for k in current[section].keys() | saved["config"][section].keys()
@@ -92,7 +92,7 @@ def _check_resumable(saved: dict[str, Any], cfg: SynthConfig, classes: list[str]
         if changed:
             raise InputError(
                 f"{path}: checkpoint of a different config ({section}.{changed[0]} changed); "
-                f"only train.{{{', '.join(RESUMABLE_CHANGES)}}} may change on resume; use a new --out"
+                f"only train.{{{', '.join(RESUMABLE_CHANGES)}}} may change on resume; choose another run.out_dir"
             )
 
 
@@ -140,10 +140,12 @@ class Trainer:
             torch.save(state, tmp)
         return path
 
-    def resume(self) -> bool:
+    def resume(self, allowed: bool) -> bool:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return False
+        if not allowed:
+            raise InputError(f"{self.out} already has {CHECKPOINT}; pass --resume or choose another run.out_dir")
         state = torch.load(path, map_location="cpu", weights_only=True)
         _check_resumable(state, self.cfg, list(self.index.classes), path)
         self.diffusion.trainable.load_state_dict(state["trainable"])
@@ -209,29 +211,31 @@ class Trainer:
         return True
 
 
-def train(cfg: SynthConfig, shards: Path, out: Path, device: str | None = None) -> int:
-    """Train (or resume) into `out`; 0 when finished, REQUEUE_EXIT_CODE when stopped for requeue."""
-    out = Path(out)
+def train(cfg: SynthConfig, resume: bool = False, device: str | None = None) -> int:
+    """Train (or resume) into run.out_dir; 0 when finished, REQUEUE_EXIT_CODE when stopped for requeue."""
+    out = cfg.run.out_dir
+    trainer = Trainer(cfg, cfg.shards, out, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    resumed = trainer.resume(resume)
     out.mkdir(parents=True, exist_ok=True)
     clear_stop_request(out)
     write_config(cfg, out / CONFIG)
-    trainer = Trainer(cfg, Path(shards), out, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    resumed = trainer.resume()
-    tracker = Tracker(cfg.tracking_uri or sqlite_uri(out))
+    tracker = Tracker(cfg.run.tracking_uri or sqlite_uri(out))
     digest = config_hash(cfg)
     tags = {"cxrlt.command": "synth train", "cxrlt.config_hash": digest, "cxrlt.resumed_from_step": trainer.step if resumed else ""}
     # A resumed attempt continues the first attempt's MLflow run: one run, one loss history.
     with (
-        tracker.run(cfg.experiment, f"synth-train-{digest}", tags=tags, resume_run_id=trainer.run_id) as run,
+        tracker.run(cfg.run.experiment, f"synth-train-{digest}", tags=tags, resume_run_id=trainer.run_id) as run,
         StopFlag(out).installed() as stop,
     ):
         trainer.run_id = run.run_id
-        run.log_params({"shards": shards, "image_size": cfg.model.image_size, "pretrained": cfg.model.pretrained,
-                        "steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr})  # fmt: skip
+        if not resumed:  # MLflow params are write-once; a resume may only raise train.steps (a tag below)
+            run.log_params({"shards": cfg.shards, "image_size": cfg.model.image_size, "pretrained": cfg.model.pretrained,
+                            "batch_size": cfg.train.batch_size, "lr": cfg.train.lr})  # fmt: skip
+        run.set_tags({"cxrlt.steps": cfg.train.steps})
         run.log_artifact(out / CONFIG)
         if not trainer.fit(run, stop):
             run.set_tags({"cxrlt.stopped_at_step": trainer.step})
             return REQUEUE_EXIT_CODE
         trainer.grid(run)
-        save_synth_model(out / MODEL, trainer.diffusion, trainer.sampling_modules, trainer.index.schema, trainer.step, digest)
+        save_synth_model(out / MODEL_FILE, trainer.diffusion, trainer.sampling_modules, trainer.index.schema, trainer.step, digest)
     return 0
