@@ -74,15 +74,16 @@ def main() -> None:
     train_config = ROOT / "configs" / "train-starter-tiny.toml"
     synth_config = ROOT / "configs" / "synth-demo.toml"
     common = (f"data.shards={shards}", f"schedule.epochs={args.epochs}")
-    cxrlt("train", train_config, *sets(*common, f"run.out_dir={work / 'baseline'}"))
+    # --resume everywhere: a rerun of this script continues where a killed one stopped.
+    cxrlt("train", train_config, *sets(*common, f"run.out_dir={work / 'baseline'}"), "--resume")
     synth = (f"data.shards={shards}", f"run.out_dir={work / 'synth'}", f"train.steps={args.synth_steps}",
              f"sample.per_class={args.per_class}", f"filter.classifier={work / 'baseline' / 'best.pt'}",
              f"filter.threshold={args.threshold}")  # fmt: skip
-    cxrlt("synth", "train", synth_config, *sets(*synth))
+    cxrlt("synth", "train", synth_config, *sets(*synth), "--resume")
     cxrlt("synth", "sample", synth_config, *sets(*synth))
     cxrlt("synth", "report", synth_config, *sets(*synth))
     mixed = (f"data.synthetic={work / 'synth' / 'synthetic'}", f"data.synthetic_ratio={args.ratio}")
-    cxrlt("train", train_config, *sets(*common, f"run.out_dir={work / 'mixed'}", *mixed))
+    cxrlt("train", train_config, *sets(*common, f"run.out_dir={work / 'mixed'}", *mixed), "--resume")
     labels = split_labels(shards, "test")
     report = json.loads((work / "synth" / "report" / "report.json").read_text())
     targets = list(report["pass_rates"])
