@@ -6,16 +6,18 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cluster.status import FIELD
 from tests.cli import CXRLT, cxrlt
 from tests.cluster.local_slurm import LocalSlurm, ensure_installed
 
-FIELD = re.compile(r"(\w+)=(\S*)")
 POLL_S = 0.25
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
 VENV = CXRLT.parent.parent
@@ -28,8 +30,12 @@ def slurm_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm(slurm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+def slurm(slurm_tools: None) -> Iterator[LocalSlurm]:
+    # Not under pytest's 0700 tmp folders: munged wants every folder above its socket open to all.
+    root = Path(tempfile.mkdtemp(prefix="cxrlt-slurm-"))
+    root.chmod(0o755)
+    cluster = LocalSlurm(root)
+    _private_torch_extensions(root / "torch_extensions")
     try:
         cluster.start()
         # cxrlt slurm and the jobs find the cluster the way users' shells do: SLURM_CONF.
@@ -37,7 +43,20 @@ def slurm(slurm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield cluster
     finally:
         os.environ.pop("SLURM_CONF", None)
+        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _private_torch_extensions(folder: Path) -> None:
+    """The jobs (which inherit this environment) JIT-load DeepSpeed's CPU comm op from `folder`, seeded
+    with the user's built copy: a `lock` left in the shared cache by a killed build makes every later
+    process wait for it forever, and the tests must not hang on what other runs left behind."""
+    # With TORCH_EXTENSIONS_DIR set, torch drops its per-python/CUDA subfolder (py311_cu130, ...).
+    for built in (Path.home() / ".cache" / "torch_extensions").glob(f"py{sys.version_info[0]}{sys.version_info[1]}_*"):
+        shutil.copytree(built, folder, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
+    folder.mkdir(exist_ok=True)
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(folder)
 
 
 def job_fields(slurm: LocalSlurm, job_id: str) -> list[dict[str, str]]:
@@ -91,3 +110,30 @@ def starter_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = cxrlt("shard", "starter", "--out", out, "--max-size", "64", "--workers", "1")
     assert done.returncode == 0, done.stderr
     return out
+
+
+def train_toml(shards: Path, out_dir: Path, tracking_uri: str, steps: int, slurm: str, every_steps: int = 0) -> str:
+    """A training config small enough for 2 CPU cores (32 px convnext_atto), with its [slurm] table."""
+    return f"""
+[run]
+out_dir = "{out_dir}"
+tracking_uri = "{tracking_uri}"
+experiment = "slurm-tests"
+[data]
+shards = "{shards}"
+batch_size = 8
+eval_batch_size = 64
+steps_per_epoch = {steps}
+[data.transform]
+size = 32
+[model.backbone]
+name = "convnext_atto"
+img_size = 32
+[schedule]
+epochs = 1
+[checkpoint]
+every_steps = {every_steps}
+[slurm]
+venv = "{VENV}"
+{slurm}
+"""

@@ -186,8 +186,15 @@ class LocalSlurm:
         self.conf.write_text("\n".join(lines) + "\n")
 
     def stop(self) -> None:
-        """SIGTERM each daemon this cluster started, newest first; SIGKILL what is still up after 10 s."""
-        for name, pid in reversed(list(self.pids.items())):
+        """Cancel the jobs still queued or running (their processes outlive slurmd), then SIGTERM each
+        daemon this cluster started, newest first; SIGKILL what is still up after 10 s."""
+        if "slurmctld" in self.pids:
+            jobs = self.run("squeue", "--noheader", "--format=%A", check=False).stdout.split()
+            if jobs:
+                self.run("scancel", *jobs, check=False)
+                _wait_for(lambda: not self.run("squeue", "--noheader", check=False).stdout.strip(), 30,
+                          "cancelled jobs to end", 0.2)  # fmt: skip
+        for pid in reversed(list(self.pids.values())):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
