@@ -229,6 +229,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return drop_none(plain(cfg))
 
 
+def flatten(cfg: Any) -> dict[str, Any]:
+    """{dotted key: value} of the resolved config (lists kept whole): the form MLflow params take."""
+    out: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{prefix}.{key}" if prefix else key)
+        else:
+            out[prefix] = value
+
+    walk(to_dict(cfg), "")
+    return out
+
+
 def to_toml(cfg: Any) -> str:
     return tomli_w.dumps(to_dict(cfg))
 

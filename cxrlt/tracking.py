@@ -81,7 +81,9 @@ class Tracker:
         if artifact_root is None and uri.startswith("sqlite:///"):
             artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         self.artifact_root = None if artifact_root is None else Path(artifact_root).resolve()
-        self.client = MlflowClient(tracking_uri=uri)
+        # Only rank 0 touches the store: opening a new SQLite store runs schema migrations, and several
+        # ranks migrating the same file at once corrupt its version table.
+        self.client = MlflowClient(tracking_uri=uri) if is_rank_zero() else None
 
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)

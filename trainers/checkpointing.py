@@ -74,6 +74,7 @@ class Checkpointer:
         return folder
 
     def save(self, engine: Any, state: TrainState, ema: torch.nn.Module | None, config_hash: str) -> Path:
+        """`ema`: the averaged model itself (ModelEmaV3.module), or None."""
         tag = f"step-{state.global_step:08d}"
         tmp = self.root / f".tmp-{tag}"
         if self.rank == 0:

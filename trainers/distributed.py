@@ -8,9 +8,12 @@ port. DeepSpeed then initialises the group: NCCL when CUDA is there, gloo otherw
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +60,24 @@ def rendezvous_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def die_with_launcher() -> None:
+    """Under torchrun, ask Linux to SIGKILL this worker when its launcher dies.
+
+    torchrun starts every worker in a session of its own, so a launcher killed with SIGKILL (or an
+    out-of-memory kill) would leave the workers training on as orphans, still writing into the run
+    directory that a resumed run is about to use.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request was in place
+        os._exit(1)
+
+
 def init(backend: str = "auto") -> Context:
     """Join (or create) the process group; idempotent within a process."""
+    die_with_launcher()
     os.environ.update(rendezvous_from_slurm(os.environ))
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -170,8 +171,10 @@ def train_member(
     if latest is not None:
         if not resume:
             raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume or choose another run.out_dir")
-        state = checkpointer.load(latest, engine, ema, config_hash)
+        state = checkpointer.load(latest, engine, ema.module if ema is not None else None, config_hash)
         restored_from = latest
+        if ctx.is_main:
+            print(f"resuming {run_dir} from {latest.name} (epoch {state.epoch + 1}, micro-step {state.step_in_epoch})", file=sys.stderr)
 
     def save_checkpoint() -> None:
         checkpointer.save(engine, state, ema.module if ema is not None else None, config_hash)

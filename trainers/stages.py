@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlt.config import config_hash, write_config
+from cxrlt.config import config_hash, flatten, write_config
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.shardset import ShardIndex, index_path, read_index
 from cxrlt.errors import InputError
@@ -193,6 +193,7 @@ def run_training(
             write_config(member_cfg, folder / "config.toml")
         with _open_run(tracker, member_cfg, folder, member_name, parent_id, tags) as run:
             _remember_run(folder, run)
+            run.log_params(flatten(member_cfg))
             return train_member(
                 member_cfg, folder, index, ctx, run, stop, training_hash(member_cfg), resume,
                 pseudo=pseudo, on_epoch_end=on_epoch_end,
