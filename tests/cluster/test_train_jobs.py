@@ -27,7 +27,8 @@ def test_two_node_training_job_logs_to_mlflow(slurm: LocalSlurm, starter_shards:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     # The store exists before the job, as a cluster's MLflow server does (see the report: a fresh SQLite
     # store was once migrated by two ranks of this job at once).
-    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.search_experiments()
     job, folder = submit(tmp_path, train_toml(starter_shards, tmp_path / "run", uri, steps=3, slurm="nodes = 2"))
     [fields] = wait_ended(slurm, job, timeout=300)
     node_logs = sorted((folder / "logs").glob(f"cxrlt-train-{job}-node*.out"))
@@ -40,8 +41,8 @@ def test_two_node_training_job_logs_to_mlflow(slurm: LocalSlurm, starter_shards:
     assert "best.pt: best epoch 1" in "".join(p.read_text() for p in node_logs)
     assert (tmp_path / "run" / "best.pt").is_file()
 
-    runs = mlflow.search_runs(experiment_names=["slurm-tests"], filter_string=f"tags.slurm_job_id = '{job}'",
-                              output_format="list", tracking_uri=uri)  # fmt: skip
+    experiment = client.get_experiment_by_name("slurm-tests")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.slurm_job_id = '{job}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert any(key.startswith("dev/") for key in runs[0].data.metrics), runs[0].data.metrics
 
