@@ -37,7 +37,9 @@ class RunConfig:
 @dataclass
 class DataConfig:
     """batch_size is per rank and per micro-step; steps_per_epoch counts micro-steps per rank (None:
-    one pass over the train split's samples across all ranks)."""
+    one pass over the train split's samples across all ranks). unknown_classes: classes whose labels
+    are set unknown (-1) in every training batch and in validation, e.g. held out for zero-shot
+    evaluation: the run never sees one of their labels."""
 
     shards: Path | None = None
     train_split: str = "train"
@@ -51,6 +53,7 @@ class DataConfig:
     repeat_threshold: float | None = None
     shuffle_buffer: int = 1000
     max_views: int = 4
+    unknown_classes: list[str] = field(default_factory=list)
     transform: TransformConfig = field(default_factory=TransformConfig)
 
 

@@ -163,6 +163,7 @@ def train_member(
                      max_views=cfg.data.max_views, seed=cfg.run.seed, transform=cfg.data.transform),
     )  # fmt: skip
     groups = frequency_groups(train_counts, train_total)
+    held_out = [classes.index(c) for c in cfg.data.unknown_classes]
     transform_meta = {k: getattr(cfg.data.transform, k) for k in ("size", "channels", "mean", "std")}
 
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep_last, ctx.rank)
@@ -210,6 +211,7 @@ def train_member(
             targets = batch["labels"].to(ctx.device)
             if pseudo is not None:
                 targets = pseudo.fill(batch["id"], targets)
+            targets[:, held_out] = -1.0
             boundary = engine.is_gradient_accumulation_boundary()
             loss = criterion(engine(*inputs.args, **inputs.kwargs), targets)
             engine.backward(loss)
@@ -243,6 +245,7 @@ def train_member(
         outputs = predict_split(engine.module if ema is None else ema.module, make_loader(eval_reader, cfg.data.num_workers), level, ctx.device, autocast=bf16)
         decision = None
         if ctx.is_main:
+            outputs.labels[:, held_out] = -1.0
             decision = _validate(cfg, state, outputs, classes, groups)
         metrics, is_best, stop_early = distributed.broadcast_from_main(decision)
         state.epoch += 1

@@ -56,6 +56,9 @@ def check_inputs(cfg: TrainConfig) -> ShardIndex:
         )
     if (cfg.stage.name == "study") != (cfg.model.kind == "study"):
         raise InputError(f"stage.name = {cfg.stage.name!r} needs model.kind = 'study' exactly when the stage is study")
+    unknown = [c for c in cfg.data.unknown_classes if c not in index.classes]
+    if unknown:
+        raise InputError(f"data.unknown_classes: {unknown} are not classes of {cfg.data.shards} ({index.schema})")
     for key, extra in (("data.synthetic", cfg.data.synthetic), ("student.unlabelled", cfg.student.unlabelled)):
         if extra is not None and not index_path(extra).is_file():
             raise InputError(f"{key} = {extra}: no shard set there (no _index.json)")
