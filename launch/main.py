@@ -23,8 +23,10 @@ SUBCOMMANDS = (
     "launch.ensemble",
     "launch.train",
     "launch.predict",
+    "launch.zeroshot",
     "launch.synth",
     "launch.slurm",
+    "launch.tune",
 )
 
 EXIT_INPUT_ERROR = 2

@@ -3,8 +3,10 @@
 Each rank reads its share of the split (EvalReader), the model scores it with optional test-time
 augmentation, rank 0 gathers everything in split order and writes the table and its sidecar
 atomically. A study model reads study batches and its prediction is written for every image of the
-study (the prediction-file contract is one row per image). The model's classes must be the shards'
-classes: a different schema would put the model's outputs under names of findings it never learned.
+study (the prediction-file contract is one row per image). A fixed-class model's classes must be the
+shards' classes: a different schema would put its outputs under names of findings it never learned. A
+text-query model may score other names (`--classes`, `--descriptions`, see trainers.zeroshot): unseen
+names have no labels in the shards, which does not matter for scoring.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from cxrlt.predictions import SUFFIXES, PredictionMeta, write_predictions
 from trainers import distributed
 from trainers.inference import TTA, image_rows, predict_split
 from trainers.request import PredictRequest, add_request_arguments, request_from
+from trainers.zeroshot import ScoredClasses, scored_classes
 
 
-def check_request(request: PredictRequest) -> tuple[SavedModel, TTA]:
+def check_request(request: PredictRequest) -> tuple[SavedModel, ScoredClasses, TTA]:
     """Everything that can be wrong with the inputs, before any rank starts."""
     if request.out.suffix.lower() not in SUFFIXES:
         raise InputError(f"--out {request.out}: prediction files end in {' or '.join(SUFFIXES)}")
@@ -35,7 +38,8 @@ def check_request(request: PredictRequest) -> tuple[SavedModel, TTA]:
     index = read_index(request.shards)
     if request.split not in index.splits:
         raise InputError(f"--split {request.split!r}: {request.shards} has splits {sorted(index.splits)}")
-    if tuple(index.classes) != saved.classes:
+    scored = scored_classes(saved, request.classes, request.descriptions)
+    if tuple(index.classes) != saved.classes and not saved.model_config.head.text_queries:
         raise InputError(
             f"{request.model} predicts {len(saved.classes)} classes of schema {saved.schema!r}; "
             f"{request.shards} is schema {index.schema!r} with {len(index.classes)} classes: they must match"
@@ -44,14 +48,14 @@ def check_request(request: PredictRequest) -> tuple[SavedModel, TTA]:
         tta = TTA.parse(request.tta)
     except ValueError as e:
         raise InputError(f"--tta {request.tta!r}: {e}") from None
-    return saved, tta
+    return saved, scored, tta
 
 
 def predict(request: PredictRequest) -> Path | None:
     """Write the prediction file; returns its path on rank 0 (None on other ranks)."""
-    saved, tta = check_request(request)
+    saved, scored, tta = check_request(request)
     ctx = distributed.init()
-    model = saved.build(use_ema=request.use_ema).to(ctx.device)
+    model = saved.build(request.use_ema, scored.names, scored.descriptions).to(ctx.device)
     level = saved.kind
     transform = TransformConfig(**{k: saved.transform[k] for k in ("size", "channels", "mean", "std")})
     reader = EvalReader(
@@ -69,7 +73,7 @@ def predict(request: PredictRequest) -> Path | None:
         return None
     image_ids, study_ids, rows = image_rows(outputs)
     meta = PredictionMeta(
-        classes=saved.classes, schema=saved.schema, split=request.split, model=request.model.parent.name or request.model.stem,
+        classes=scored.names, schema=scored.schema, split=request.split, model=request.model.parent.name or request.model.stem,
         config_hash=saved.config_hash, checkpoint=str(request.model.resolve()), mlflow_run_id=saved.mlflow_run_id,
         tta=tta.describe(), extra={"level": level, "size": transform.size, "use_ema": request.use_ema and saved.ema_state_dict is not None},
     )  # fmt: skip

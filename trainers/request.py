@@ -19,12 +19,16 @@ class PredictRequest:
     num_workers: int = 0
     max_views: int = 4
     use_ema: bool = True
+    classes: tuple[str, ...] = ()  # names to score instead of the model's (text-query models)
+    descriptions: Path | None = None  # descriptions file for those names
 
     def to_args(self) -> list[str]:
         """The arguments that parse back into this request (for the torchrun workers)."""
         args = [str(self.model), "--shards", str(self.shards), "--split", self.split, "--out", str(self.out)]
         args += ["--tta", self.tta, "--batch-size", str(self.batch_size), "--num-workers", str(self.num_workers)]
         args += ["--max-views", str(self.max_views)] + ([] if self.use_ema else ["--no-ema"])
+        args += ["--classes", ",".join(self.classes)] if self.classes else []
+        args += ["--descriptions", str(self.descriptions)] if self.descriptions is not None else []
         return args
 
 
@@ -38,11 +42,26 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--max-views", type=int, default=4, help="views per study for study models")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
+    parser.add_argument(
+        "--classes", default="",
+        help="comma-separated class names to score instead of the model's (text-query models: unseen names "
+        "are scored from their text, zero-shot)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--descriptions", type=Path,
+        help="class descriptions (.toml [descriptions] or .csv class,description, or a packaged name such "
+        "as cxr-lt-2024-task3) added to the query texts",
+    )  # fmt: skip
     return parser
 
 
 def request_from(args: argparse.Namespace) -> PredictRequest:
     return PredictRequest(
         args.model, args.shards, args.split, args.out, args.tta, args.batch_size, args.num_workers,
-        args.max_views, not args.no_ema,
+        args.max_views, not args.no_ema, parse_class_list(args.classes), args.descriptions,
     )  # fmt: skip
+
+
+def parse_class_list(text: str) -> tuple[str, ...]:
+    """"Bulla,Cardiomyopathy, Hilum" -> names (stripped, empty items dropped)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())

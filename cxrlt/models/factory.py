@@ -1,32 +1,37 @@
 """Whole models from config: the image classifier and the study model, registered by kind.
 
-`build_model(cfg, classes)` is the one entry point trainers use. Class-name text embeddings for
-text-initialised ML-Decoder queries are computed here, once, from `class_prompt` through the text
-encoder; an image model keeps only the embeddings, a study model keeps the encoder for its context.
+`build_model(cfg, classes)` is the one entry point trainers use. Class text embeddings for
+text-initialised ML-Decoder queries are computed here, once, from `class_prompt` and the class
+descriptions (`class_descriptions`, see cxrlt.models.descriptions; extra ones can be passed to
+`build_model`, e.g. for zero-shot names) through the text encoder; an image model keeps only the
+embeddings, a study model keeps the encoder for its context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from cxrlt.models.backbones import Backbone, BackboneConfig, create_backbone
+from cxrlt.models.descriptions import class_texts, load_descriptions
 from cxrlt.models.heads import HeadConfig, build_head
 from cxrlt.models.registry import Registry
 from cxrlt.models.study import StudyConfig, StudyModel
 from cxrlt.models.text import TextEncoder, TextEncoderConfig
 
-ModelBuilder = Callable[["ModelConfig", Sequence[str]], nn.Module]
+ModelBuilder = Callable[["ModelConfig", Sequence[str], Mapping[str, str]], nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model kind")
 
 
 @dataclass
 class ModelConfig:
     """kind: "image" (one image -> labels) or "study" (views + context -> labels; uses `study`).
-    class_prompt: the text a class's query is initialised from, "{}" standing for the class name."""
+    class_prompt: the text a class's query is initialised from, "{}" standing for the class name.
+    class_descriptions: a packaged descriptions name (e.g. "nih-14") or a descriptions file whose
+    text follows each class's prompt (text-query heads only; None: names alone)."""
 
     kind: str = "image"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -34,6 +39,7 @@ class ModelConfig:
     study: StudyConfig = field(default_factory=StudyConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     class_prompt: str = "{}"
+    class_descriptions: str | None = None
 
     def __post_init__(self) -> None:
         MODELS.get(self.kind)
@@ -56,34 +62,40 @@ class ImageClassifier(nn.Module):
 
 
 @torch.no_grad()
-def class_text_embeddings(encoder: TextEncoder, classes: Sequence[str], prompt: str = "{}") -> torch.Tensor:
-    """(K, E) sentence embeddings of `prompt` filled with each class name, e.g. for zero-shot heads."""
-    return encoder([prompt.format(name) for name in classes])
+def class_text_embeddings(
+    encoder: TextEncoder, classes: Sequence[str], prompt: str = "{}", descriptions: Mapping[str, str] | None = None
+) -> torch.Tensor:
+    """(K, E) sentence embeddings of each class's query text (prompt with its name, then description)."""
+    return encoder(class_texts(classes, prompt, descriptions))
 
 
-def _class_embeddings(cfg: ModelConfig, classes: Sequence[str], encoder: TextEncoder | None) -> torch.Tensor | None:
+def _class_embeddings(
+    cfg: ModelConfig, classes: Sequence[str], descriptions: Mapping[str, str], encoder: TextEncoder | None
+) -> torch.Tensor | None:
     if not cfg.head.text_queries:
         return None
-    return class_text_embeddings(encoder or TextEncoder(cfg.text_encoder), classes, cfg.class_prompt)
+    return class_text_embeddings(encoder or TextEncoder(cfg.text_encoder), classes, cfg.class_prompt, descriptions)
 
 
 @MODELS.decorator("image")
-def _build_image(cfg: ModelConfig, classes: Sequence[str]) -> ImageClassifier:
+def _build_image(cfg: ModelConfig, classes: Sequence[str], descriptions: Mapping[str, str]) -> ImageClassifier:
     backbone = create_backbone(cfg.backbone)
-    head = build_head(cfg.head, backbone.num_features, len(classes), _class_embeddings(cfg, classes, None))
-    return ImageClassifier(backbone, head)
+    embeddings = _class_embeddings(cfg, classes, descriptions, None)
+    return ImageClassifier(backbone, build_head(cfg.head, backbone.num_features, len(classes), embeddings))
 
 
 @MODELS.decorator("study")
-def _build_study(cfg: ModelConfig, classes: Sequence[str]) -> StudyModel:
+def _build_study(cfg: ModelConfig, classes: Sequence[str], descriptions: Mapping[str, str]) -> StudyModel:
     encoders = [create_backbone(cfg.backbone) for _ in range(cfg.study.num_encoders)]
     text_encoder = TextEncoder(cfg.text_encoder) if cfg.study.context.needs_text_encoder else None
-    head = build_head(cfg.head, cfg.study.dim, len(classes), _class_embeddings(cfg, classes, text_encoder))
-    return StudyModel(cfg.study, encoders, head, text_encoder)
+    embeddings = _class_embeddings(cfg, classes, descriptions, text_encoder)
+    return StudyModel(cfg.study, encoders, build_head(cfg.head, cfg.study.dim, len(classes), embeddings), text_encoder)
 
 
-def build_model(cfg: ModelConfig, classes: Sequence[str]) -> nn.Module:
-    """The configured model predicting `classes` (in that order)."""
+def build_model(cfg: ModelConfig, classes: Sequence[str], descriptions: Mapping[str, str] | None = None) -> nn.Module:
+    """The configured model predicting `classes` (in that order). `descriptions` add to (and override)
+    the configured `class_descriptions` for the class query texts."""
     if not classes:
         raise ValueError("build_model needs at least one class")
-    return MODELS.get(cfg.kind)(cfg, classes)
+    configured = load_descriptions(cfg.class_descriptions) if cfg.class_descriptions and cfg.head.text_queries else {}
+    return MODELS.get(cfg.kind)(cfg, classes, {**configured, **(descriptions or {})})

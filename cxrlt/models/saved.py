@@ -8,6 +8,8 @@ is needed to use the model on another machine: the file holds
 
 as plain containers and tensors only, so it loads with `torch.load(weights_only=True)` (no pickled
 code runs). `transform` holds the evaluation-time image settings (size, channels, mean, std).
+A text-query model can be built for any class names (`SavedModel.build(classes=..., descriptions=...)`):
+the zero-shot path of `cxrlt predict --classes`.
 DeepSpeed's own training checkpoints (optimizer partitions, scheduler) stay with the trainer.
 """
 
@@ -52,29 +54,36 @@ class SavedModel:
     def kind(self) -> str:
         return self.model_config.kind
 
-    def build(self, use_ema: bool = True, classes: Sequence[str] | None = None) -> nn.Module:
+    def build(
+        self, use_ema: bool = True, classes: Sequence[str] | None = None, descriptions: Mapping[str, str] | None = None
+    ) -> nn.Module:
         """The model in eval mode with the saved weights (the EMA's when present and `use_ema`).
 
-        `classes`: the trained classes (default), or other names for a text-query head, whose per-class
-        queries are rebuilt from text: trained weights load, the class-specific query rows come from
-        the new names' text (zero-shot scoring of classes never trained on).
+        `classes`: the saved classes (default), or other names for a text-query head (zero-shot scoring
+        of classes never trained on): every trained weight loads; a name the file already has keeps its
+        saved query embedding (trained, or adapted few-shot), a new name's comes from its text, i.e. its
+        name and its description in `descriptions` (added to the model's `class_descriptions`).
         """
         weights = self.ema_state_dict if use_ema and self.ema_state_dict is not None else self.state_dict
         # The init checkpoint was consumed in training and its weights are in `weights`.
         cfg = replace(self.model_config, backbone=replace(self.model_config.backbone, checkpoint=None))
         names = tuple(classes) if classes is not None else self.classes
-        model = build_model(cfg, names)
+        model = build_model(cfg, names, descriptions)
         if names == self.classes:
             model.load_state_dict(weights, strict=True)
-        else:
-            if not cfg.head.text_queries:
-                raise InputError(
-                    f"{self.path}: scoring classes other than the trained ones needs a text-query head "
-                    "(model.head.text_queries = true)"
-                )
-            # In text-query mode the class list lives only in the head's text-embedding buffer.
-            kept = {k: v for k, v in weights.items() if not k.endswith("head.class_embeddings")}
-            model.load_state_dict({**model.state_dict(), **kept}, strict=True)
+            return model.eval()
+        if not cfg.head.text_queries:
+            raise InputError(
+                f"{self.path}: scoring classes other than the trained ones needs a text-query head "
+                "(model.head.text_queries = true)"
+            )
+        # In text-query mode the class list lives only in the head's text-embedding buffer.
+        key = next(k for k in weights if k.endswith("head.class_embeddings"))
+        queries = model.state_dict()[key].clone()
+        for row, name in enumerate(names):
+            if name in self.classes:
+                queries[row] = weights[key][self.classes.index(name)]
+        model.load_state_dict({**weights, key: queries}, strict=True)
         return model.eval()
 
 

@@ -1,0 +1,157 @@
+"""Keyword rules that mine a few labelled examples of a class from report text (few-shot mode).
+
+A rule lists the phrases that state a finding (`terms`) and phrases that veto a sentence (`exclude`,
+e.g. "hilar" is not "hilum enlarged" when the sentence says "calcified hilar nodes"). A report is a
+positive when one of its sentences, in the configured sections, holds a term that no negation cue
+("no", "without", "negative for", ...) precedes within `negation_window` words (NegEx-like, the
+common convention for report labelers); a report with no affirmed mention is a negative. A few of
+each are drawn with a fixed seed, and every image of a drawn report becomes one example row:
+
+    class, label (1 / 0), report_id, image_id, evidence (the sentence that fired, for positives)
+
+`MiningConfig` is a TOML file (see configs/fewshot-iu-task3.toml) loaded with cxrlt.config, so a
+misspelt key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxrlt.atomic import atomic_path
+from cxrlt.data.reports import Report
+from cxrlt.errors import InputError
+
+EXAMPLE_COLUMNS = ("class", "label", "report_id", "image_id", "evidence")
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE_END = re.compile(r"[.;!?\n]+")
+
+
+@dataclass
+class KeywordRule:
+    """terms: phrases stating the finding; exclude: phrases that make a sentence not count."""
+
+    terms: list[str]
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MiningConfig:
+    rules: dict[str, KeywordRule] = field(default_factory=dict)
+    sections: list[str] = field(default_factory=lambda: ["FINDINGS", "IMPRESSION"])
+    negation_cues: list[str] = field(
+        default_factory=lambda: ["no", "not", "without", "negative for", "free of", "resolved", "rule out", "ruled out"]
+    )
+    negation_window: int = 5
+    max_positives: int = 10
+    max_negatives: int = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        empty = [name for name, rule in self.rules.items() if not any(_words(t) for t in rule.terms)]
+        if empty:
+            raise InputError(f"rules.{empty[0]}.terms: needs at least one non-empty phrase")
+        if self.negation_window < 0 or self.max_positives < 1 or self.max_negatives < 0:
+            raise InputError("mining needs negation_window >= 0, max_positives >= 1 and max_negatives >= 0")
+
+
+@dataclass(frozen=True)
+class Example:
+    class_name: str
+    label: int
+    report_id: str
+    image_id: str
+    evidence: str = ""
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _find(words: list[str], phrase: list[str]) -> list[int]:
+    """Start positions of `phrase` (a word sequence) in `words`."""
+    n = len(phrase)
+    return [i for i in range(len(words) - n + 1) if words[i : i + n] == phrase]
+
+
+def _negated(words: list[str], start: int, cues: Sequence[list[str]], window: int) -> bool:
+    before = words[max(0, start - window) : start]
+    return any(_find(before, cue) for cue in cues)
+
+
+def affirmed_sentence(report: Report, rule: KeywordRule, cfg: MiningConfig) -> str | None:
+    """The first sentence of the configured sections that affirms the rule's finding, or None."""
+    cues = [_words(c) for c in cfg.negation_cues]
+    terms = [w for w in (_words(t) for t in rule.terms) if w]
+    excludes = [w for w in (_words(t) for t in rule.exclude) if w]
+    for section in cfg.sections:
+        for sentence in _SENTENCE_END.split(report.sections.get(section.upper(), "")):
+            words = _words(sentence)
+            if any(_find(words, e) for e in excludes):
+                continue
+            for term in terms:
+                if any(not _negated(words, start, cues, cfg.negation_window) for start in _find(words, term)):
+                    return sentence.strip()
+    return None
+
+
+def mine_examples(reports: Sequence[Report], cfg: MiningConfig) -> list[Example]:
+    """Up to max_positives positive and max_negatives negative reports per rule, one row per image."""
+    if not cfg.rules:
+        raise InputError("mining config has no [rules.<class>] table")
+    examples: list[Example] = []
+    for name, rule in cfg.rules.items():
+        positives: list[tuple[Report, str]] = []
+        negatives: list[Report] = []
+        for report in reports:
+            if not report.image_ids:
+                continue  # a report without images gives no training example
+            sentence = affirmed_sentence(report, rule, cfg)
+            if sentence is None:
+                negatives.append(report)
+            else:
+                positives.append((report, sentence))
+        rng = random.Random(f"{cfg.seed}:{name}")
+        for report, sentence in rng.sample(positives, min(cfg.max_positives, len(positives))):
+            examples += [Example(name, 1, report.report_id, i, sentence) for i in report.image_ids]
+        for report in rng.sample(negatives, min(cfg.max_negatives, len(negatives))):
+            examples += [Example(name, 0, report.report_id, i) for i in report.image_ids]
+    return examples
+
+
+def write_examples(examples: Sequence[Example], path: str | os.PathLike) -> Path:
+    """The example table (EXAMPLE_COLUMNS) as CSV, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(EXAMPLE_COLUMNS)
+        writer.writerows((e.class_name, e.label, e.report_id, e.image_id, e.evidence) for e in examples)
+    return Path(path)
+
+
+def read_examples(path: str | os.PathLike) -> list[Example]:
+    """Examples from a CSV with at least `class,label,image_id` (label 1 or 0); line-numbered errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"examples {path}: no such file")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        required = {"class", "label", "image_id"}
+        if reader.fieldnames is None or not required <= set(reader.fieldnames):
+            raise InputError(f"{path}: needs columns {', '.join(sorted(required))}; found {reader.fieldnames}")
+        examples = []
+        for line, row in enumerate(reader, start=2):
+            if row["label"] not in ("0", "1"):
+                raise InputError(f"{path}: line {line}: column 'label' must be 1 or 0, got {row['label']!r}")
+            if not row["class"] or not row["image_id"]:
+                raise InputError(f"{path}: line {line}: empty class or image_id")
+            examples.append(
+                Example(row["class"], int(row["label"]), row.get("report_id") or "", row["image_id"], row.get("evidence") or "")
+            )
+    if not examples:
+        raise InputError(f"{path}: no examples")
+    return examples
