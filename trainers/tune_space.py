@@ -1,0 +1,57 @@
+"""The tune config's search space, searcher and scheduler as Ray Tune objects.
+
+Kept apart from the trial and the study so that choosing Ray's pieces from config is testable without
+starting Ray.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher, SearchAlgorithm
+
+from cxrlt.config import ConfigError
+from trainers.tune_config import ParamSpace, TuneSettings
+
+
+def param_space(space: dict[str, ParamSpace], searcher: str) -> dict[str, Any]:
+    """{dotted training key: Ray domain}; with the grid searcher every choice is a grid axis."""
+    return {key: _domain(param, searcher) for key, param in space.items()}
+
+
+def _domain(param: ParamSpace, searcher: str) -> Any:
+    if param.type == "uniform":
+        return tune.uniform(param.low, param.high)
+    if param.type == "loguniform":
+        return tune.loguniform(param.low, param.high)
+    return tune.grid_search(param.values) if searcher == "grid" else tune.choice(param.values)
+
+
+def search_algorithm(settings: TuneSettings) -> Searcher | SearchAlgorithm:
+    """random and grid: Ray's variant generator (grid axes come from the space); tpe: Optuna's TPE."""
+    if settings.searcher != "tpe":
+        return BasicVariantGenerator(random_state=settings.seed)
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("tune.searcher = 'tpe' needs optuna: install the tune extra (pip install 'cxrlt[tune]')")
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(
+        metric=settings.metric, mode=settings.direction, sampler=TPESampler(seed=settings.seed)
+    )
+
+
+def scheduler(settings: TuneSettings, epochs: int) -> TrialScheduler:
+    """ASHA on the per-epoch reports (one Tune iteration = one epoch), or FIFO (no early stopping)."""
+    if settings.scheduler == "fifo":
+        return FIFOScheduler()
+    max_t = settings.max_t or epochs
+    if settings.grace_period > max_t:
+        raise ConfigError(f"tune.grace_period = {settings.grace_period} exceeds max_t = {max_t} epochs")
+    return AsyncHyperBandScheduler(
+        time_attr="training_iteration", metric=settings.metric, mode=settings.direction,
+        max_t=max_t, grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+    )  # fmt: skip
