@@ -23,7 +23,9 @@ class PseudoLabels:
     def __init__(self, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], hard: bool, threshold: float):
         if probs.shape != (len(ids), len(classes)):
             raise ValueError(f"pseudo-labels {probs.shape} do not match {len(ids)} ids x {len(classes)} classes")
-        self.row = {sample_id: i for i, sample_id in enumerate(ids)}
+        self.ids = list(ids)
+        # A sample id found twice (an unlabelled set that repeats training images) keeps its last row.
+        self.row = {sample_id: i for i, sample_id in enumerate(self.ids)}
         self.probs = probs.astype(np.float32)
         self.table = torch.from_numpy((self.probs >= threshold).astype(np.float32) if hard else self.probs)
         self.classes = tuple(classes)
@@ -38,7 +40,7 @@ class PseudoLabels:
 
     def save(self, path: Path) -> Path:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(list(self.row), dtype=str), probs=self.probs, classes=np.array(self.classes, dtype=str))
+            np.savez(f, ids=np.array(self.ids, dtype=str), probs=self.probs, classes=np.array(self.classes, dtype=str))
         return path
 
 
