@@ -7,12 +7,14 @@ starting Ray.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher, SearchAlgorithm
 
+from cxrlt.atomic import atomic_path
 from cxrlt.config import ConfigError
 from trainers.tune_config import ParamSpace, TuneSettings
 
@@ -44,14 +46,52 @@ def search_algorithm(settings: TuneSettings) -> Searcher | SearchAlgorithm:
     )
 
 
-def scheduler(settings: TuneSettings, epochs: int) -> TrialScheduler:
-    """ASHA on the per-epoch reports (one Tune iteration = one epoch), or FIFO (no early stopping)."""
+class ResumableASHA(AsyncHyperBandScheduler):
+    """ASHA whose rung records survive a killed study.
+
+    Ray pickles the scheduler once, when the study starts, and never saves its state again, so a
+    restored study would judge its remaining trials against empty rungs and stop none of them. This one
+    writes its state to `state_file` after every decision and reads it back before its first one.
+    """
+
+    def __init__(self, state_file: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state_file = state_file
+        self.loaded = False
+
+    def _load_once(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            if self.state_file.is_file():
+                self.restore(str(self.state_file))
+
+    def _persist(self) -> None:
+        with atomic_path(self.state_file) as tmp:
+            self.save(str(tmp))
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._load_once()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._persist()
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._persist()
+
+
+def scheduler(settings: TuneSettings, epochs: int, state_file: Path) -> TrialScheduler:
+    """ASHA on the per-epoch reports (one Tune iteration = one epoch), or FIFO (no early stopping);
+    `state_file`: where ASHA keeps its rungs for a resumed study."""
     if settings.scheduler == "fifo":
         return FIFOScheduler()
     max_t = settings.max_t or epochs
     if settings.grace_period > max_t:
         raise ConfigError(f"tune.grace_period = {settings.grace_period} exceeds max_t = {max_t} epochs")
-    return AsyncHyperBandScheduler(
-        time_attr="training_iteration", metric=settings.metric, mode=settings.direction,
+    return ResumableASHA(
+        state_file, time_attr="training_iteration", metric=settings.metric, mode=settings.direction,
         max_t=max_t, grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
     )  # fmt: skip

@@ -30,6 +30,7 @@ from trainers.tune_trial import TrialSpec, member_dir, run_trial
 
 EXPERIMENT_DIR = "study"
 PARENT_RUN_FILE = "mlflow_run_id"
+SCHEDULER_STATE = "scheduler.pkl"
 
 
 def prepare(config: Path, overrides: list[str]) -> LoadedTune:
@@ -60,12 +61,14 @@ def _tuner(spec: TrialSpec, epochs: int, resume: bool) -> tune.Tuner:
         return tune.Tuner.restore(
             str(experiment), _trainable(spec), resume_unfinished=True, resume_errored=True, param_space=space
         )
+    (spec.study_dir / SCHEDULER_STATE).unlink(missing_ok=True)  # a fresh study's scheduler starts empty
     return tune.Tuner(
         _trainable(spec),
         param_space=space,
         tune_config=tune.TuneConfig(
             num_samples=cfg.tune.num_samples, search_alg=search_algorithm(cfg.tune),
-            scheduler=scheduler(cfg.tune, epochs), max_concurrent_trials=cfg.tune.max_concurrent or None,
+            scheduler=scheduler(cfg.tune, epochs, spec.study_dir / SCHEDULER_STATE),
+            max_concurrent_trials=cfg.tune.max_concurrent or None,
             # A fresh process per trial: a trial's process group and DeepSpeed state never leak into the next.
             reuse_actors=False,
         ),  # fmt: skip
