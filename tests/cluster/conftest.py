@@ -6,21 +6,23 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from cluster.status import FIELD
 from tests.cli import CXRLT, cxrlt
+from tests.cluster import extensions
 from tests.cluster.local_slurm import LocalSlurm, ensure_installed
 
-POLL_S = 0.25
+POLL_S = 0.2
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
 VENV = CXRLT.parent.parent
+SCHEMA = "cxr-lt-2024-task1"
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +32,13 @@ def slurm_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm(slurm_tools: None) -> Iterator[LocalSlurm]:
+def slurm(slurm_tools: None, request: pytest.FixtureRequest) -> Iterator[LocalSlurm]:
     # Not under pytest's 0700 tmp folders: munged wants every folder above its socket open to all.
     root = Path(tempfile.mkdtemp(prefix="cxrlt-slurm-"))
     root.chmod(0o755)
     cluster = LocalSlurm(root)
-    _private_torch_extensions(root / "torch_extensions")
+    # Jobs inherit this environment, TORCH_EXTENSIONS_DIR included.
+    extensions.prepare(root / "torch_extensions", VENV)
     try:
         cluster.start()
         # cxrlt slurm and the jobs find the cluster the way users' shells do: SLURM_CONF.
@@ -45,18 +48,11 @@ def slurm(slurm_tools: None) -> Iterator[LocalSlurm]:
         os.environ.pop("SLURM_CONF", None)
         os.environ.pop("TORCH_EXTENSIONS_DIR", None)
         cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _private_torch_extensions(folder: Path) -> None:
-    """The jobs (which inherit this environment) JIT-load DeepSpeed's CPU comm op from `folder`, seeded
-    with the user's built copy: a `lock` left in the shared cache by a killed build makes every later
-    process wait for it forever, and the tests must not hang on what other runs left behind."""
-    # With TORCH_EXTENSIONS_DIR set, torch drops its per-python/CUDA subfolder (py311_cu130, ...).
-    for built in (Path.home() / ".cache" / "torch_extensions").glob(f"py{sys.version_info[0]}{sys.version_info[1]}_*"):
-        shutil.copytree(built, folder, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
-    folder.mkdir(exist_ok=True)
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(folder)
+        # The daemons' logs are what explains a failed job: keep them when a test failed.
+        if request.session.testsfailed:
+            print(f"\ncluster state kept for diagnosis: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def job_fields(slurm: LocalSlurm, job_id: str) -> list[dict[str, str]]:
@@ -81,11 +77,25 @@ def wait_ended(slurm: LocalSlurm, job_id: str, timeout: float) -> list[dict[str,
 
 
 def release_requeued(slurm: LocalSlurm, job_id: str, restarts: int, timeout: float = 60) -> None:
-    """SLURM holds a requeued batch job for about two minutes (BeginTime) so its epilog can finish;
-    the tests let it start at once instead of waiting that out."""
+    """SLURM holds a requeued batch job for about two minutes (BeginTime) so that the previous attempt
+    is cleaned up first; the tests start it as soon as that has happened instead. "Cleaned up" is
+    stricter than the job showing PENDING: a self-requeued job is PENDING while its batch step may still
+    be exiting, and a new attempt launched then can be refused by slurmd as a second copy of a running
+    job (the attempt ends FAILED with a non-zero exit code and writes no output)."""
     wait_until(slurm, job_id, lambda fs: fs[0].get("Restarts") == str(restarts) and fs[0]["JobState"] == "PENDING",
                timeout, f"requeue #{restarts}")  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while slurm.steps_alive(job_id):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id}: the previous attempt's steps still run after {timeout:.0f} s")
+        time.sleep(POLL_S)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def diagnosis(slurm: LocalSlurm, *logs: Path, chars: int = 3000) -> str:
+    """The tails of the controller's, the nodes' and the job's logs, for an assertion message."""
+    files = [slurm.root / "slurmctld.log", *sorted(slurm.root.glob("slurmd-*.log")), *logs]
+    return "\n".join(f"==> {p} <==\n{p.read_text(errors='replace')[-chars:]}" for p in files if p.is_file())
 
 
 def submitted_ids(stdout: str) -> dict[str, str]:
@@ -106,10 +116,21 @@ def shell_check(script: str, where: Path) -> None:
 
 @pytest.fixture(scope="session")
 def starter_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded starter harmonised to CXR-LT 2024 task 1 (classes NIH never annotated are unknown),
+    shared by every job test: training needs no more, and the ensemble chain writes a task-1 submission."""
     out = tmp_path_factory.mktemp("starter") / "shards"
-    done = cxrlt("shard", "starter", "--out", out, "--max-size", "64", "--workers", "1")
+    done = cxrlt("shard", "starter", "--out", out, "--schema", SCHEMA, "--max-size", "64", "--workers", "1")
     assert done.returncode == 0, done.stderr
     return out
+
+
+def tracking_store(folder: Path) -> str:
+    """A SQLite MLflow store created before any job uses it, as a cluster's MLflow server exists before
+    its jobs: ranks or array members that find no store all migrate a new one at once, and all but
+    one fail ("table ... already exists")."""
+    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
 
 
 def train_toml(shards: Path, out_dir: Path, tracking_uri: str, steps: int, slurm: str, every_steps: int = 0) -> str:

@@ -108,6 +108,17 @@ class LocalSlurm:
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(args, env=self.env, capture_output=True, text=True, check=check, timeout=60)
 
+    def steps_alive(self, job_id: str) -> bool:
+        """Whether a slurmstepd of `job_id` (its batch script or a step) still runs: all nodes are this host."""
+        prefix = f"slurmstepd: [{job_id}.".encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if cmdline.read_bytes().startswith(prefix):
+                    return True
+            except OSError:
+                continue
+        return False
+
     def _all_idle(self) -> bool:
         out = self.run("sinfo", "--noheader", "-N", "-o", "%N %t", check=False).stdout.split()
         states = dict(zip(out[::2], out[1::2]))

@@ -1,7 +1,5 @@
 """The ensemble chain on a real SLURM: `cxrlt slurm pipeline` submits two members as a job array, a
 predict array after it (afterok) and an ensemble job after that, which writes a validated submission.
-
-Needs `cxrlt predict` (trainer issue); until it lands the predict array fails and the chain with it.
 """
 
 from __future__ import annotations
@@ -11,23 +9,11 @@ import json
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from cxrlt.labels import get_schema
 from tests.cli import cxrlt
-from tests.cluster.conftest import VENV, submitted_ids, train_toml, wait_ended
+from tests.cluster.conftest import (SCHEMA, VENV, diagnosis, submitted_ids, tracking_store, train_toml,
+                                    wait_ended)
 from tests.cluster.local_slurm import LocalSlurm
-
-SCHEMA = "cxr-lt-2024-task1"
-
-
-@pytest.fixture(scope="module")
-def task_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The starter harmonised to the task's 40 classes (the ones NIH never annotated are unknown)."""
-    out = tmp_path_factory.mktemp("task1") / "shards"
-    done = cxrlt("shard", "starter", "--out", out, "--schema", SCHEMA, "--max-size", "64", "--workers", "1")
-    assert done.returncode == 0, done.stderr
-    return out
 
 
 def split_tables(shards: Path, folder: Path) -> tuple[Path, Path]:
@@ -50,17 +36,17 @@ def split_tables(shards: Path, folder: Path) -> tuple[Path, Path]:
     return labels, ids
 
 
-def test_member_array_predict_and_ensemble_chain(slurm: LocalSlurm, task_shards: Path, tmp_path: Path) -> None:
-    labels, ids = split_tables(task_shards, tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+def test_member_array_predict_and_ensemble_chain(slurm: LocalSlurm, starter_shards: Path, tmp_path: Path) -> None:
+    labels, ids = split_tables(starter_shards, tmp_path)
+    uri = tracking_store(tmp_path)
     for i in range(2):
-        (tmp_path / f"member-{i}.toml").write_text(train_toml(task_shards, tmp_path / "ignored", uri, steps=2, slurm=""))
+        (tmp_path / f"member-{i}.toml").write_text(train_toml(starter_shards, tmp_path / "ignored", uri, steps=2, slurm=""))
     (tmp_path / "chain.toml").write_text(f"""
 [slurm]
 venv = "{VENV}"
 [slurm.pipeline]
 members = ["member-0.toml", "member-1.toml"]
-shards = "{task_shards}"
+shards = "{starter_shards}"
 labels = "{labels}"
 ids = "{ids}"
 """)
@@ -69,8 +55,7 @@ ids = "{ids}"
     jobs = submitted_ids(done.stdout)
     folder = Path(done.stdout.split("submission folder: ")[1].strip())
     tasks = wait_ended(slurm, jobs["ensemble"], timeout=400)
-    logs = {p.name: p.read_text()[-2000:] for p in (folder / "logs").glob("*.out")}
-    assert tasks[0]["JobState"] == "COMPLETED", logs
+    assert tasks[0]["JobState"] == "COMPLETED", diagnosis(slurm, *sorted((folder / "logs").glob("*.out")))
     assert [f["JobState"] for f in wait_ended(slurm, jobs["train"], 10)] == ["COMPLETED", "COMPLETED"]
     assert (folder / "submission.zip").is_file()
     assert cxrlt("submit", "validate", "--task", "t1", "--ids", ids, folder / "submission.zip").returncode == 0

@@ -6,12 +6,14 @@ job is stopped (SIGUSR1 before the time limit, an operator's `scontrol requeue`)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
 
 from tests.cli import cxrlt
-from tests.cluster.conftest import release_requeued, submitted_ids, train_toml, wait_ended, wait_until
+from tests.cluster.conftest import (ENDED, diagnosis, release_requeued, submitted_ids, tracking_store,
+                                    train_toml, wait_ended, wait_until)
 from tests.cluster.local_slurm import LocalSlurm
 
 
@@ -24,11 +26,8 @@ def submit(tmp_path: Path, text: str) -> tuple[str, Path]:
 
 
 def test_two_node_training_job_logs_to_mlflow(slurm: LocalSlurm, starter_shards: Path, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    # The store exists before the job, as a cluster's MLflow server does (see the report: a fresh SQLite
-    # store was once migrated by two ranks of this job at once).
+    uri = tracking_store(tmp_path)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    client.search_experiments()
     job, folder = submit(tmp_path, train_toml(starter_shards, tmp_path / "run", uri, steps=3, slurm="nodes = 2"))
     [fields] = wait_ended(slurm, job, timeout=300)
     node_logs = sorted((folder / "logs").glob(f"cxrlt-train-{job}-node*.out"))
@@ -55,33 +54,46 @@ def test_two_node_training_job_logs_to_mlflow(slurm: LocalSlurm, starter_shards:
 
 def test_preempted_and_requeued_job_resumes_from_its_checkpoint(slurm: LocalSlurm, starter_shards: Path,
                                                                  tmp_path: Path) -> None:  # fmt: skip
-    steps = 60
+    # Enough steps that the run cannot end between a checkpoint being seen and the stop being served,
+    # few enough to stay quick; a checkpoint every 2 steps gives the test something to wait for.
+    steps = 40
     run_dir = tmp_path / "run"
     latest = run_dir / "checkpoints" / "latest"
-    text = train_toml(starter_shards, run_dir, f"sqlite:///{tmp_path / 'mlruns.db'}", steps, "", every_steps=4)
+    text = train_toml(starter_shards, run_dir, tracking_store(tmp_path), steps, "", every_steps=2)
     job, folder = submit(tmp_path, text)
-    log = folder / "logs" / f"cxrlt-train-{job}.out"
+    log, node_log = (folder / "logs" / f"cxrlt-train-{job}{part}.out" for part in ("", "-node0"))
 
     def checkpointed_beyond(step: str):
         return lambda fs: fs[0]["JobState"] == "RUNNING" and latest.is_file() and latest.read_text().strip() > step
 
+    def wait(predicate, what: str) -> list[dict[str, str]]:
+        try:
+            return wait_until(slurm, job, predicate, 240, what)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{diagnosis(slurm, log, node_log)}") from None
+
     # 1. SLURM's warning signal before the time limit: the trap asks for a stop, the trainer saves and
     #    exits 75, the script requeues its own job.
-    wait_until(slurm, job, checkpointed_beyond(""), 240, "a first checkpoint")
+    wait(checkpointed_beyond(""), "a first checkpoint")
     slurm.run("scancel", "--batch", "--signal=USR1", job)
     release_requeued(slurm, job, restarts=1)
-    assert "checkpointed for preemption; requeueing job " + job in log.read_text()
+    assert "checkpointed for preemption; requeueing job " + job in log.read_text(), diagnosis(slurm, log, node_log)
     first = latest.read_text().strip()
 
-    # 2. An operator's requeue of the running job: SIGTERM to every process, the job goes back to the queue.
-    wait_until(slurm, job, checkpointed_beyond(first), 240, "a checkpoint after the first resume")
+    # 2. An operator's `scontrol requeue` of the running job: SIGTERM to every process of the job, the
+    #    trainer checkpoints, the job goes back to the queue.
+    wait(checkpointed_beyond(first), "a checkpoint after the first resume")
     slurm.run("scontrol", "requeue", job)
     release_requeued(slurm, job, restarts=2)
 
-    [fields] = wait_ended(slurm, job, timeout=240)
-    node_log = (folder / "logs" / f"cxrlt-train-{job}-node0.out").read_text()
-    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "2", (fields, node_log[-3000:])
-    # Only the first attempt started the epoch at step 0; the others continued from their checkpoints
-    # (without --resume the trainer refuses a run folder that has checkpoints).
-    assert node_log.count(f" 0/{steps} [") == 1, node_log[-3000:]
-    assert (run_dir / "best.pt").is_file() and json.loads((run_dir / "result.json").read_text())
+    [fields] = wait(lambda fs: fs[0]["JobState"] in ENDED, "the end")
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "2", diagnosis(slurm, log, node_log)
+    # Each requeued attempt ran with --resume and continued from its checkpoint; only the first started
+    # the epoch at step 0.
+    resumed = re.findall(r"resuming \S+ from (step-\d+) \(epoch 1, micro-step (\d+)\)", node_log.read_text())
+    assert len(resumed) == 2 and resumed[0][0] == first, diagnosis(slurm, log, node_log)
+    assert 0 < int(resumed[0][1]) < int(resumed[1][1]) < steps, resumed
+    assert node_log.read_text().count(f" 0/{steps} [") == 1
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["best_epoch"] == 1 and Path(result["best_model"]) == run_dir / "best.pt", result
+    assert (run_dir / "best.pt").is_file() and "loss" in result["dev_metrics"], result
