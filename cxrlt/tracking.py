@@ -17,12 +17,15 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
+# MLflow's system tags (mlflow.utils.mlflow_tags), spelled out so that importing this module does not
+# import mlflow: only rank 0 logs, and the other ranks (and GPU nodes without mlflow) never need it.
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_RUN_NAME = "mlflow.runName"
 # MLflow rejects param values above this length; configs longer than this go in as artifacts.
 MAX_PARAM_LENGTH = 6000
 
@@ -48,12 +51,16 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.run_id is None:
             return
+        from mlflow.entities import Param
+
         items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         self.client.log_batch(self.run_id, params=items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         if self.run_id is None:
             return
+        from mlflow.entities import Metric
+
         timestamp = _now_ms()
         items = [Metric(str(k), float(v), timestamp, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
@@ -61,6 +68,8 @@ class Run:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.run_id is None:
             return
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
@@ -83,7 +92,11 @@ class Tracker:
         self.artifact_root = None if artifact_root is None else Path(artifact_root).resolve()
         # Only rank 0 touches the store: opening a new SQLite store runs schema migrations, and several
         # ranks migrating the same file at once corrupt its version table.
-        self.client = MlflowClient(tracking_uri=uri) if is_rank_zero() else None
+        self.client: MlflowClient | None = None
+        if is_rank_zero():
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)

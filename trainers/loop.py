@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from trainers import distributed
 from trainers.batches import model_inputs
 from trainers.checkpointing import Checkpointer, TrainState
 from trainers.config import TrainConfig
-from trainers.engine import build_engine, use_bf16
+from trainers.engine import build_engine, trainer_clips, use_bf16
 from trainers.inference import SplitOutputs, image_rows, predict_split
 from trainers.modelinit import build_member_model
 from trainers.pseudo import PseudoLabels
@@ -115,6 +115,27 @@ def improved(score: float, best: float | None, monitor: str, min_delta: float) -
     return score < best - min_delta if monitor == "loss" else score > best + min_delta
 
 
+def train_step(
+    engine: Any, criterion: torch.nn.Module, batch: dict[str, Any], level: str, device: torch.device,
+    pseudo: PseudoLabels | None = None, held_out: Sequence[int] = (), clip: float = 0.0,
+) -> tuple[torch.Tensor, bool]:  # fmt: skip
+    """One micro-step: forward, masked loss, backward, and the optimizer step when this micro-step ends
+    a gradient-accumulation window. `clip` > 0 clips the gradient norm here (see
+    trainers.engine.trainer_clips). Returns (the detached loss, whether it was an optimizer step)."""
+    inputs = model_inputs(batch, level, device)
+    targets = batch["labels"].to(device, non_blocking=True)
+    if pseudo is not None:
+        targets = pseudo.fill(batch["id"], targets)
+    targets[:, list(held_out)] = -1.0
+    boundary = engine.is_gradient_accumulation_boundary()
+    loss = criterion(engine(*inputs.args, **inputs.kwargs), targets)
+    engine.backward(loss)
+    if boundary and clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in engine.module.parameters() if p.grad is not None], clip, foreach=True)
+    engine.step()
+    return loss.detach(), boundary
+
+
 def train_member(
     cfg: TrainConfig,
     run_dir: Path,
@@ -157,6 +178,7 @@ def train_member(
         model, cfg.optim, cfg.deepspeed, cfg.data.batch_size, ctx.world_size, total_steps, ctx.device
     )
     bf16 = use_bf16(cfg.deepspeed, ctx.device)
+    clip = cfg.optim.grad_clip if trainer_clips(cfg.deepspeed) else 0.0
     eval_reader = EvalReader(
         cfg.data.shards,
         ReaderConfig(level=level, split=cfg.data.dev_split, batch_size=cfg.data.eval_batch_size,
@@ -207,16 +229,8 @@ def train_member(
             disable=not ctx.is_main, leave=False, dynamic_ncols=True,
         )  # fmt: skip
         for batch in batches:
-            inputs = model_inputs(batch, level, ctx.device)
-            targets = batch["labels"].to(ctx.device)
-            if pseudo is not None:
-                targets = pseudo.fill(batch["id"], targets)
-            targets[:, held_out] = -1.0
-            boundary = engine.is_gradient_accumulation_boundary()
-            loss = criterion(engine(*inputs.args, **inputs.kwargs), targets)
-            engine.backward(loss)
-            engine.step()
-            running_loss += loss.detach()
+            loss, boundary = train_step(engine, criterion, batch, level, ctx.device, pseudo, held_out, clip)
+            running_loss += loss
             running_count += 1
             state.step_in_epoch += 1
             progress.update()
@@ -233,7 +247,7 @@ def train_member(
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 running_loss.zero_()
                 running_count = 0
-            if distributed.any_rank(stop.requested(), ctx.device):
+            if distributed.any_rank(stop.requested(), ctx):
                 save_checkpoint()
                 if ctx.is_main:
                     write_text_atomic(stop.stop_dir / PREEMPTED, f"{run_dir} step {state.global_step}\n")
