@@ -4,12 +4,16 @@ The study folder (`run.out_dir`, shared between nodes on a cluster) holds Ray's 
 (`study/`), the trials' run folders (`trials/<trial id>/`), the parent run's id and the results. A
 study that was killed resumes with `resume=True` through `Tuner.restore`: finished trials are kept,
 interrupted ones continue from their trainer checkpoints, and the searcher carries on where it was.
+A stop request in the study folder (SLURM preemption, cxrlt.requeue) saves the study's state and exits
+REQUEUE_EXIT_CODE, so the requeued job's `--resume` continues it.
 On a Ray cluster (RAY_ADDRESS set, as `cxrlt slurm tune` does) the trials spread over its nodes.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from ray import tune
 
 from cxrlt.config import flatten, from_dict, to_dict, write_config
 from cxrlt.errors import InputError
+from cxrlt.requeue import REQUEUE_EXIT_CODE, clear_stop_request, stop_requested
 from cxrlt.tracking import Tracker
 from trainers.config import TrainConfig
 from trainers.stages import check_inputs, tracking_uri
@@ -31,6 +36,7 @@ from trainers.tune_trial import TrialSpec, member_dir, run_trial
 EXPERIMENT_DIR = "study"
 PARENT_RUN_FILE = "mlflow_run_id"
 SCHEDULER_STATE = "scheduler.pkl"
+STOP_POLL_SECONDS = 2.0
 
 
 def prepare(config: Path, overrides: list[str]) -> LoadedTune:
@@ -79,12 +85,36 @@ def _tuner(spec: TrialSpec, epochs: int, resume: bool) -> tune.Tuner:
     )
 
 
+def _interrupt_on_stop_request(study_dir: Path, done: threading.Event) -> None:
+    """Turn the stop-request file (a SLURM preemption, see cxrlt.requeue) into SIGUSR1 to this process,
+    on which Tune saves the study's state and returns from fit() with its trials resumable."""
+    while not done.wait(STOP_POLL_SECONDS):
+        if stop_requested(study_dir):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
+
+
+def _fit(tuner: tune.Tuner, study_dir: Path) -> tune.ResultGrid:
+    """tuner.fit(); SystemExit(REQUEUE_EXIT_CODE) when a stop request interrupted it."""
+    done = threading.Event()
+    watcher = threading.Thread(target=_interrupt_on_stop_request, args=(study_dir, done), daemon=True)
+    watcher.start()
+    try:
+        grid = tuner.fit()
+    finally:
+        done.set()
+    if stop_requested(study_dir):
+        raise SystemExit(REQUEUE_EXIT_CODE)
+    return grid
+
+
 def run_study(config: Path, overrides: list[str], resume: bool = False) -> StudySummary:
     loaded = prepare(config, overrides)
     cfg = loaded.tune
     base = loaded.trial_config({})
     study_dir = cfg.run.out_dir
     study_dir.mkdir(parents=True, exist_ok=True)
+    clear_stop_request(study_dir)  # served by the attempt it stopped
     uri = cfg.run.tracking_uri or tracking_uri(base)
     experiment = cfg.run.experiment or base.run.experiment
     run_id_file = study_dir / PARENT_RUN_FILE
@@ -99,7 +129,7 @@ def run_study(config: Path, overrides: list[str], resume: bool = False) -> Study
         parent.log_params({f"space.{k}": v for k, v in flatten(cfg.space).items()})
         parent.log_artifact(study_dir / "tune.toml")
         spec = TrialSpec(loaded, study_dir, parent.run_id, uri, experiment)
-        grid = _tuner(spec, base.schedule.epochs, resume).fit()
+        grid = _fit(_tuner(spec, base.schedule.epochs, resume), study_dir)
         keys = list(cfg.space)
         direction = cfg.tune.direction
         table = trials_table(grid, keys, cfg.tune.metric, direction, cfg.tune.max_t or base.schedule.epochs)

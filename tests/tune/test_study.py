@@ -1,5 +1,6 @@
 """`cxrlt tune` end to end with real Ray, the real trainer and a real MLflow store: a 4-trial ASHA study on
-the starter at 32 px is SIGKILLed after its first report and resumed with --resume; the tests then read
+the starter at 32 px is SIGKILLed after its first report, resumed with --resume, stopped by a stop
+request (a SLURM preemption: exit 75) after its next report, and resumed again to the end; the tests read
 what it left: every trial finished once, ASHA stopped the trials that could not learn, the MLflow parent
 has one child run per trial with its per-epoch metrics, and the best config trains with `cxrlt train`."""
 
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from cxrlt.config import load_config
+from cxrlt.requeue import REQUEUE_EXIT_CODE, request_stop
 from cxrlt.tracking import Tracker, sqlite_uri
 from tests.cli import CXRLT, cxrlt
 from tests.tune.conftest import tune_args
@@ -41,19 +43,25 @@ class Study:
         return Tracker(sqlite_uri(self.work))
 
 
-def _reported(study: Path) -> bool:
-    """A Tune checkpoint exists: at least one trial reported an epoch."""
-    return any((study / "study").glob("run_trial_*/checkpoint_*"))
+def _tune_checkpoints(study: Path) -> set[Path]:
+    """Tune's newest checkpoint of every trial: one more report changes this set."""
+    return set((study / "study").glob("run_trial_*/checkpoint_*"))
 
 
-def _kill_after_first_report(args: list[str], cwd: Path, study: Path, timeout: float = 300) -> None:
+def _start_and_wait_for_a_report(args: list[str], cwd: Path, study: Path, timeout: float = 300) -> subprocess.Popen:
+    before = _tune_checkpoints(study)
     process = subprocess.Popen([str(CXRLT), *args], cwd=cwd, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + timeout
-    while not _reported(study):
-        assert process.poll() is None, f"tune ended before any report:\n{process.stderr.read()[-3000:]}"
+    while _tune_checkpoints(study) <= before:
+        assert process.poll() is None, f"tune ended before a new report:\n{process.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, "no trial reported in time"
         time.sleep(0.2)
+    return process
+
+
+def _kill_after_first_report(args: list[str], cwd: Path, study: Path) -> None:
+    process = _start_and_wait_for_a_report(args, cwd, study)
     family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
     os.killpg(process.pid, signal.SIGKILL)  # the driver, Ray's daemons and the trials: one session
     process.communicate()
@@ -70,6 +78,11 @@ def study(starter64: Path, tmp_path_factory: pytest.TempPathFactory) -> Study:
     _kill_after_first_report(args, work, folder)
     parent_id = (folder / "mlflow_run_id").read_text().strip()
     before = {p.name for p in (folder / "trials").iterdir()}
+    preempted = _start_and_wait_for_a_report([*args, "--resume"], work, folder)
+    request_stop(folder, "SIGUSR1 from SLURM (test)")
+    _, stderr = preempted.communicate(timeout=300)
+    assert preempted.returncode == REQUEUE_EXIT_CODE, stderr[-3000:]
+    assert Tracker(sqlite_uri(work)).client.get_run(parent_id).info.status == "KILLED"
     resumed = cxrlt(*args, "--resume", cwd=work)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "best trial" in resumed.stdout
