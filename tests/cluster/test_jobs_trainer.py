@@ -17,7 +17,8 @@ from tests.cluster.local_slurm import LocalSlurm
 
 
 def split_tables(shards: Path, folder: Path) -> tuple[Path, Path]:
-    """dev labels (image_id, subject_id, classes) and test ids (dicom_id) from the shards' own json."""
+    """dev labels (image_id, subject_id, ViewPosition, classes) and test ids (dicom_id) from the shards'
+    own json; `ensemble build` reads the views for view aggregation from the label CSV."""
     classes = get_schema(SCHEMA).classes
     samples = []
     for shard in sorted(shards.glob("*.tar")):
@@ -26,9 +27,9 @@ def split_tables(shards: Path, folder: Path) -> tuple[Path, Path]:
     labels, ids = folder / "dev_labels.csv", folder / "test_ids.csv"
     with labels.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image_id", "subject_id", *classes])
+        writer.writerow(["image_id", "subject_id", "ViewPosition", *classes])
         for s in (s for s in samples if s["split"] == "dev"):
-            writer.writerow([s["image_id"], s["patient_id"], *[int(v) for v in s["labels"]]])
+            writer.writerow([s["image_id"], s["patient_id"], s["view"], *[int(v) for v in s["labels"]]])
     with ids.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dicom_id"])
