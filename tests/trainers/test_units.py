@@ -106,3 +106,21 @@ def test_monitor_direction_and_dev_loss():
     probs = np.array([[0.8, 0.5], [0.3, 0.6]], np.float32)
     expected = -(np.log(0.8) + np.log(0.7) + np.log(0.6)) / 3
     assert masked_bce(labels, probs) == pytest.approx(expected, rel=1e-6)
+
+
+def test_validation_decides_best_epoch_and_early_stop_from_patience():
+    from trainers.checkpointing import TrainState
+    from trainers.config import TrainConfig
+    from trainers.inference import SplitOutputs
+    from trainers.loop import _validate
+
+    cfg = TrainConfig()
+    cfg.schedule.patience = 2
+    labels = np.array([[1.0], [0.0], [1.0], [0.0]], np.float32)
+    outputs = SplitOutputs(np.arange(4), list("abcd"), list("abcd"), [[i] for i in "abcd"], labels, np.array([[0.2], [0.8], [0.3], [0.7]], np.float32))
+    metrics, is_best, stop = _validate(cfg, TrainState(best_score=None), outputs, ["A"], {})
+    assert is_best and not stop and metrics["mAP"] == pytest.approx((1 / 3 + 2 / 4) / 2)  # positives ranked 4th and 3rd
+    metrics, is_best, stop = _validate(cfg, TrainState(best_score=0.9, bad_epochs=0), outputs, ["A"], {})
+    assert not is_best and not stop  # first epoch without improvement
+    _, is_best, stop = _validate(cfg, TrainState(best_score=0.9, bad_epochs=1), outputs, ["A"], {})
+    assert not is_best and stop  # the second one reaches patience 2
