@@ -94,4 +94,7 @@ def scheduler(settings: TuneSettings, epochs: int, state_file: Path) -> TrialSch
     return ResumableASHA(
         state_file, time_attr="training_iteration", metric=settings.metric, mode=settings.direction,
         max_t=max_t, grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+        # A trial that reaches the last epoch ends by itself, finishing its run (result.json, MLflow);
+        # ASHA stops it at max_t only when that comes before the last epoch.
+        stop_last_trials=max_t < epochs,
     )  # fmt: skip

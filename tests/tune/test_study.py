@@ -127,6 +127,9 @@ def test_mlflow_has_the_study_run_and_one_child_run_per_trial(study):
         assert float(child.data.params["optim.lr"]) in (1e-2, 1e-9)
         steps = {m.step for m in client.get_metric_history(run_id, "dev/loss")}
         assert len(steps) == epochs[trial_id]
+        finished = epochs[trial_id] == EPOCHS
+        assert child.info.status == ("FINISHED" if finished else "KILLED")
+        assert (study.dir / "trials" / trial_id / "result.json").is_file() == finished
 
 
 def test_the_best_config_trains(study, starter64):
