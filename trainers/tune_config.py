@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -138,7 +139,7 @@ class LoadedTune:
         return from_dict(TrainConfig, data, origin=lambda key: f"search space {sorted(values)}")
 
 
-def load_tune_config(path: Path, overrides: list[str] = ()) -> LoadedTune:
+def load_tune_config(path: Path, overrides: Sequence[str] = ()) -> LoadedTune:
     """Load and check a tune config: its own keys, the base training config and every searched key."""
     train_sets = [o.removeprefix(TRAIN_PREFIX) for o in overrides if o.strip().startswith(TRAIN_PREFIX)]
     own_sets = [o for o in overrides if not o.strip().startswith(TRAIN_PREFIX)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +40,7 @@ SCHEDULER_STATE = "scheduler.pkl"
 STOP_POLL_SECONDS = 2.0
 
 
-def prepare(config: Path, overrides: list[str]) -> LoadedTune:
+def prepare(config: Path, overrides: Sequence[str]) -> LoadedTune:
     """Load the tune config, make its training paths absolute (trials run elsewhere) and check the
     base training inputs, so bad input fails before Ray starts."""
     loaded = load_tune_config(config, overrides)
@@ -108,7 +109,7 @@ def _fit(tuner: tune.Tuner, study_dir: Path) -> tune.ResultGrid:
     return grid
 
 
-def run_study(config: Path, overrides: list[str], resume: bool = False) -> StudySummary:
+def run_study(config: Path, overrides: Sequence[str], resume: bool = False) -> StudySummary:
     loaded = prepare(config, overrides)
     cfg = loaded.tune
     base = loaded.trial_config({})
