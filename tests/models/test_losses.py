@@ -135,3 +135,13 @@ def test_every_coefficient_is_a_config_override():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         build_loss(LossConfig(name="bce"))(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("name", ["asl", "weighted_asl"])
+def test_focusing_powers_below_one_keep_gradients_finite_on_confident_negatives(name):
+    # Found by a Tune trial (gamma_neg 0.81): clipping makes a confident negative's probability exactly
+    # 0, where p ** gamma has an infinite derivative for gamma < 1.
+    loss = build_loss(LossConfig(name=name, gamma_neg=0.81, gamma_pos=1.44, clip=0.05), [5, 5, 5, 5], 20)
+    logits = torch.tensor([[-30.0, 30.0, 0.0, -2.9444]], requires_grad=True)
+    loss(logits, torch.tensor([[0.0, 1.0, 0.0, 0.0]])).backward()
+    assert torch.isfinite(logits.grad).all()
