@@ -27,7 +27,7 @@ class FewShotConfig:
     """steps / lr: Adam on the adapted rows; anchor: weight of the squared distance to the text row."""
 
     steps: int = 100
-    lr: float = 0.02
+    lr: float = 0.05
     anchor: float = 1.0
 
     def __post_init__(self) -> None:
