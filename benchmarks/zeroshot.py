@@ -112,7 +112,10 @@ def main() -> None:
         column = y[:, classes.index(name)]
         row = f"{name:<14}{int((column == 1).sum()):>5}{(column == 1).mean():>8.3f}"
         print(row + "".join(f"{r[name][0]:>18.3f}{r[name][1]:>8.3f}" for r in results.values()))
-    means = "".join(f"{np.mean([v[0] for v in r.values()]):>18.3f}{np.mean([v[1] for v in r.values()]):>8.3f}" for r in results.values())
+    means = "".join(
+        f"{np.mean([ap for ap, _ in r.values()]):>18.3f}{np.mean([auroc for _, auroc in r.values()]):>8.3f}"
+        for r in results.values()
+    )
     print(f"{'mean':<14}{'':>5}{np.mean([(y[:, classes.index(c)] == 1).mean() for c in HELD_OUT]):>8.3f}" + means)
     print(f"total {time.perf_counter() - started:.0f} s")
 

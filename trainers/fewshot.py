@@ -26,7 +26,9 @@ _SHOWN = 5
 
 
 @torch.no_grad()
-def example_features(model: torch.nn.Module, shards: Path, split: str, transform: TransformConfig, ids: set[str]) -> dict[str, torch.Tensor]:
+def example_features(
+    model: torch.nn.Module, shards: Path, split: str, transform: TransformConfig, ids: set[str]
+) -> dict[str, torch.Tensor]:
     """Image id -> backbone features, for the `ids` found in the split (read on this process alone)."""
     reader = EvalReader(shards, ReaderConfig(level="image", split=split, batch_size=64, transform=transform), 0, 1)
     found: dict[str, torch.Tensor] = {}
@@ -40,7 +42,7 @@ def example_features(model: torch.nn.Module, shards: Path, split: str, transform
 
 def adapt(
     model_path: Path, shards: Path, split: str, examples: Sequence[Example], out: Path,
-    classes: Sequence[str] = (), descriptions: Path | None = None, cfg: FewShotConfig = FewShotConfig(),
+    classes: Sequence[str] = (), descriptions: Path | None = None, cfg: FewShotConfig | None = None,
 ) -> Path:  # fmt: skip
     """Write `out`: the model with the examples' classes' queries adapted; the rest bitwise as saved."""
     saved = load_model(model_path)
@@ -64,7 +66,7 @@ def adapt(
     for e in examples:
         targets[ids.index(e.image_id), adapted.index(e.class_name)] = float(e.label)
     rows = [scored.names.index(c) for c in adapted]
-    adapt_class_queries(model.head, torch.stack([features[i] for i in ids]), targets, rows, cfg)
+    adapt_class_queries(model.head, torch.stack([features[i] for i in ids]), targets, rows, cfg or FewShotConfig())
     return save_model(
         out, model, saved.model_config, scored.names, scored.schema, saved.transform,
         metrics={}, step=saved.step, epoch=saved.epoch, config_hash=saved.config_hash, mlflow_run_id=saved.mlflow_run_id,

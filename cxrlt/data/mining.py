@@ -149,9 +149,8 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
                 raise InputError(f"{path}: line {line}: column 'label' must be 1 or 0, got {row['label']!r}")
             if not row["class"] or not row["image_id"]:
                 raise InputError(f"{path}: line {line}: empty class or image_id")
-            examples.append(
-                Example(row["class"], int(row["label"]), row.get("report_id") or "", row["image_id"], row.get("evidence") or "")
-            )
+            report_id, evidence = row.get("report_id") or "", row.get("evidence") or ""
+            examples.append(Example(row["class"], int(row["label"]), report_id, row["image_id"], evidence))
     if not examples:
         raise InputError(f"{path}: no examples")
     return examples

@@ -35,7 +35,7 @@ class FewShotConfig:
             raise ValueError("fewshot needs steps >= 1, lr > 0 and anchor >= 0")
 
 
-def _balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over classes of (positive mean + negative mean) / 2 of BCE, ignoring targets < 0."""
     losses = []
     for k in range(targets.shape[1]):
@@ -77,7 +77,7 @@ def adapt_class_queries(
             # The buffer is swapped for a differentiable copy with the adapted rows in place.
             head.class_embeddings = frozen.index_copy(0, index, adapted)
             logits = head(features)[:, index]
-            loss = _balanced_bce(logits, targets) + cfg.anchor * (adapted - text).pow(2).sum(1).mean()
+            loss = balanced_bce(logits, targets) + cfg.anchor * (adapted - text).pow(2).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)
             # Only `adapted` is asked for, so the head's own parameters never receive gradients.
             (grad,) = torch.autograd.grad(loss, [adapted])
