@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from cxrlt.atomic import atomic_path
 from cxrlt.config import from_dict, to_dict
 from cxrlt.errors import InputError
+from cxrlt.models.saved import read_weights_file
 from synth.conditioning import LabelTokens, PromptEncoder
 from synth.config import DiffusionConfig
 
@@ -216,14 +217,7 @@ def save_synth_model(path: str | os.PathLike, diffusion: Diffusion, modules: nn.
 
 def load_synth_model(path: str | os.PathLike) -> SynthModel:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"synth model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for damaged or foreign files
-        raise InputError(f"{path}: cannot be read as a synth model file: {e}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path}: not a {FORMAT} file (made by `cxrlt synth train`, e.g. RUN/model.pt)")
+    payload = read_weights_file(path, FORMAT, " (made by `cxrlt synth train`, e.g. RUN/model.pt)")
     config = from_dict(DiffusionConfig, payload["diffusion"], lambda key: f"{path} (diffusion)")
     diffusion = build_diffusion(config, payload["classes"])
     diffusion.trainable.load_state_dict(payload["state_dict"], strict=True)

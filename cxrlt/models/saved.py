@@ -129,19 +129,26 @@ def save_model(
     return Path(path)
 
 
-def load_model(path: str | os.PathLike) -> SavedModel:
-    """Read a trained-model file with weights_only=True; a wrong or damaged file is an InputError."""
+def read_weights_file(path: str | os.PathLike, file_format: str, hint: str = "") -> dict[str, Any]:
+    """The payload of a torch-saved file of `file_format` (its "format" key), read with weights_only=True;
+    a missing, damaged or foreign file is an InputError naming the path (and `hint` on what to give)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"model file not found: {path}")
+        raise InputError(f"{file_format} file not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for damaged or foreign files
-        raise InputError(f"{path}: cannot be read as a cxrlt model file: {e}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{path}: cannot be read as a {file_format} file: {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        hint = " (a DeepSpeed training checkpoint? use the run's best.pt or last.pt)" if found is None else ""
-        raise InputError(f"{path}: not a {FORMAT} file (format {found!r}){hint}")
+        raise InputError(f"{path}: not a {file_format} file (format {found!r}){hint}")
+    return payload
+
+
+def load_model(path: str | os.PathLike) -> SavedModel:
+    """Read a trained-model file with weights_only=True; a wrong or damaged file is an InputError."""
+    path = Path(path)
+    payload = read_weights_file(path, FORMAT, " (a DeepSpeed training checkpoint? use the run's best.pt or last.pt)")
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
