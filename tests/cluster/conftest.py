@@ -20,6 +20,8 @@ from tests.cluster import extensions
 from tests.cluster.local_slurm import LocalSlurm, ensure_installed
 
 POLL_S = 0.2
+# Past the one-second resolution of slurmd's revoked-credential time, with a margin for clock reads.
+CREDENTIAL_CLOCK_S = 2.0
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
 VENV = CXRLT.parent.parent
 SCHEMA = "cxr-lt-2024-task1"
@@ -81,7 +83,10 @@ def release_requeued(slurm: LocalSlurm, job_id: str, restarts: int, timeout: flo
     is cleaned up first; the tests start it as soon as that has happened instead. "Cleaned up" is
     stricter than the job showing PENDING: a self-requeued job is PENDING while its batch step may still
     be exiting, and a new attempt launched then can be refused by slurmd as a second copy of a running
-    job (the attempt ends FAILED with a non-zero exit code and writes no output)."""
+    job (the attempt ends FAILED with a non-zero exit code and writes no output). Nor may the new attempt
+    start in the same wall-clock second as the kill: slurmd revokes the old attempt's credential with a
+    one-second timestamp and refuses any credential of that job issued up to it ("Job credential
+    revoked", the attempt ends FAILED) -- so the release waits for the next second to begin."""
     wait_until(slurm, job_id, lambda fs: fs[0].get("Restarts") == str(restarts) and fs[0]["JobState"] == "PENDING",
                timeout, f"requeue #{restarts}")  # fmt: skip
     deadline = time.monotonic() + timeout
@@ -89,6 +94,7 @@ def release_requeued(slurm: LocalSlurm, job_id: str, restarts: int, timeout: flo
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id}: the previous attempt's steps still run after {timeout:.0f} s")
         time.sleep(POLL_S)
+    time.sleep(CREDENTIAL_CLOCK_S)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
