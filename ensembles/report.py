@@ -12,27 +12,15 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on cluster nodes or CI
-
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
-from cxrlt.atomic import atomic_path, write_text_atomic
+from cxrlt.atomic import write_text_atomic
 from cxrlt.labels import get_schema
+from ensembles.plots import pr_plot, reliability_plot, save_png, weights_plot
 from ensembles.recipe import Recipe
 
-N_BINS = 10
 MAX_TAIL_CURVES = 8
-
-
-def _save(fig: plt.Figure, path: Path) -> str:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
 
 
 def _ap_plot(data: dict, path: Path) -> str:
@@ -45,57 +33,7 @@ def _ap_plot(data: dict, path: Path) -> str:
     ax.set_xticks(x, classes, rotation=90, fontsize=7)
     ax.set_ylabel("AP")
     ax.legend()
-    return _save(fig, path)
-
-
-def _weights_plot(data: dict, path: Path) -> str:
-    weights = data["weights"]
-    fig, ax = plt.subplots(figsize=(max(8, 0.3 * weights.shape[1]), max(3, 0.3 * weights.shape[0])))
-    image = ax.imshow(weights, aspect="auto", cmap="viridis")
-    ax.set_yticks(range(len(data["members"])), data["members"], fontsize=7)
-    ax.set_xticks(range(len(data["classes"])), data["classes"], rotation=90, fontsize=7)
-    ax.set_title(f"member weights ({data['combiner']})")
-    fig.colorbar(image, ax=ax)
-    return _save(fig, path)
-
-
-def _reliability(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled over classes (known labels): mean predicted vs observed rate per equal-width bin."""
-    known = labels != -1
-    p, y = probs[known], labels[known]
-    bins = np.clip((p * N_BINS).astype(int), 0, N_BINS - 1)
-    count = np.bincount(bins, minlength=N_BINS)
-    with np.errstate(invalid="ignore"):
-        return np.bincount(bins, p, N_BINS) / count, np.bincount(bins, y, N_BINS) / count
-
-
-def _reliability_plot(data: dict, path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--")
-    for key, label in (("oof_raw", "before calibration"), ("oof_calibrated", "after calibration")):
-        mean_p, rate = _reliability(data["labels"], data[key])
-        ax.plot(mean_p, rate, marker="o", label=label)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed positive rate")
-    ax.legend()
-    return _save(fig, path)
-
-
-def _tail_pr_plot(data: dict, tail: list[str], path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 5))
-    classes = list(data["classes"])
-    for name in tail[:MAX_TAIL_CURVES]:
-        c = classes.index(name)
-        known = data["labels"][:, c] != -1
-        y = data["labels"][known, c]
-        if y.min() == y.max():
-            continue
-        precision, recall, _ = precision_recall_curve(y, data["oof_calibrated"][known, c])
-        ax.plot(recall, precision, label=f"{name} (AP {data['ensemble_ap'][c]:.3f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_report(build_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
@@ -112,9 +50,22 @@ def write_report(build_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     tail = [c for c in data["classes"] if groups.get(c) == "tail"] or data["classes"]
     images = {
         "Member vs ensemble AP per class": _ap_plot(data, out_dir / "ap_per_class.png"),
-        "Weights": _weights_plot(data, out_dir / "weights.png"),
-        "Reliability before/after calibration": _reliability_plot(data, out_dir / "reliability.png"),
-        "Precision-recall, tail classes": _tail_pr_plot(data, tail, out_dir / "pr_tail.png"),
+        "Weights": weights_plot(
+            data["weights"], data["members"], data["classes"], data["combiner"], out_dir / "weights.png"
+        ),
+        "Reliability before/after calibration": reliability_plot(
+            data["labels"],
+            {"before calibration": data["oof_raw"], "after calibration": data["oof_calibrated"]},
+            out_dir / "reliability.png",
+        ),
+        "Precision-recall, tail classes": pr_plot(
+            data["labels"],
+            data["oof_calibrated"],
+            data["classes"],
+            tail[:MAX_TAIL_CURVES],
+            data["ensemble_ap"],
+            out_dir / "pr_tail.png",
+        ),
     }
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in recipe.scores.items())
     figures = "".join(

@@ -1,4 +1,5 @@
-"""`cxrlt ensemble build|apply|report`: search a recipe on dev predictions, apply it, report on it."""
+"""`cxrlt ensemble build|apply|report|compare`: search a recipe on dev predictions, apply it, report on it,
+compare members and ensemble on a held-out labelled split."""
 
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--out", type=Path, help="report folder (default: BUILD/report)")
     report.set_defaults(run=run_report)
 
+    compare = actions.add_parser(
+        "compare",
+        help="members vs ensemble vs prevalence on a held-out labelled split: HTML page, PNGs, metrics.json",
+    )
+    compare.add_argument("--members", required=True, nargs="+", type=Path, help="members' prediction files")
+    compare.add_argument("--ensemble", type=Path, help="the ensemble's prediction file (from `ensemble apply`)")
+    compare.add_argument("--labels", required=True, type=Path,
+                         help="label CSV of the split (dicom_id/image_id, subject_id, classes)")  # fmt: skip
+    compare.add_argument("--recipe", type=Path, help="recipe.json whose member weights to draw")
+    compare.add_argument("--image", dest="images", action="append", default=[], type=_titled_image,
+                         metavar="TITLE=PATH", help="an extra PNG to show under TITLE (repeatable)")  # fmt: skip
+    compare.add_argument("--title", default=None, help="page title")
+    compare.add_argument("--out", required=True, type=Path, help="report folder")
+    compare.set_defaults(run=run_compare)
+
 
 def run_build(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -67,4 +83,38 @@ def run_report(args: argparse.Namespace) -> int:
     from ensembles.report import write_report
 
     print(f"wrote {write_report(args.build, args.out)}")
+    return 0
+
+
+def _titled_image(spec: str) -> tuple[str, Path]:
+    # The last "=" splits: titles are freer text than paths.
+    title, sep, path = spec.rpartition("=")
+    if not sep or not title.strip() or not path:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected TITLE=PATH")
+    return title.strip(), Path(path)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from launch.console import make_console
+
+    from ensembles.compare import COLUMNS, DEFAULT_TITLE, write_comparison
+
+    console = make_console()
+    result = write_comparison(
+        args.members, args.labels, args.out, ensemble=args.ensemble, recipe=args.recipe,
+        images=dict(args.images), title=args.title or DEFAULT_TITLE,
+    )  # fmt: skip
+    summary = result.summary()
+    columns = [k for k in COLUMNS if any(row[k] is not None for row in summary.values())]
+    title = f"split {result.split}: {result.n_images} images, {len(result.classes_scored)} classes scored"
+    table = Table("model", *(COLUMNS[k] for k in columns), title=title)
+    for name, row in summary.items():
+        table.add_row(name, *("-" if row[k] is None else f"{row[k]:.4f}" for k in columns))
+    console.print(table)
+    if result.classes_excluded:
+        console.print(f"not scored (no AP): {', '.join(result.classes_excluded)}", markup=False)
+    # Paths may hold [brackets] (rich markup) and exceed the piped width; print them as they are.
+    console.print(f"wrote {result.index}", markup=False, soft_wrap=True)
     return 0
