@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlt.data.partition import slot_for
-from cxrlt.data.readers import ShardSplit
+from cxrlt.data.labels_table import split_labels as read_split_labels
 from cxrlt.metrics import evaluate
 from cxrlt.predictions import read_predictions
 
@@ -45,9 +44,8 @@ def sets(*overrides: str) -> list[str]:
 
 def split_labels(shards: Path, split: str) -> dict[str, np.ndarray]:
     """image id -> label row of one split, from the shards' json members."""
-    data = ShardSplit(shards, split)
-    everything = slot_for(len(data.entries), 0, 1, 0, 1)
-    return {meta["image_id"]: labels for s in range(len(data.entries)) for _, meta, labels in data.read(s, everything)}
+    metas, labels, _ = read_split_labels(shards, split)
+    return {meta["image_id"]: row for meta, row in zip(metas, labels)}
 
 
 def score(predictions: Path, labels: dict[str, np.ndarray], targets: list[str]) -> dict[str, object]:

@@ -28,6 +28,10 @@ MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_RUN_NAME = "mlflow.runName"
 # MLflow rejects param values above this length; configs longer than this go in as artifacts.
 MAX_PARAM_LENGTH = 6000
+# Set by `cxrlt pipeline` (and its SLURM jobs) for the commands it runs: each command's top-level run
+# becomes a child of the pipeline's run, so one parent holds everything a pipeline did.
+PARENT_RUN_ENV = "CXRLT_PARENT_RUN_ID"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def sqlite_uri(folder: str | os.PathLike) -> str:
@@ -35,6 +39,11 @@ def sqlite_uri(folder: str | os.PathLike) -> str:
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlruns.db'}"
+
+
+def default_uri(folder: str | os.PathLike) -> str:
+    """MLFLOW_TRACKING_URI when set (a pipeline's or a cluster's shared store), else SQLite in `folder`."""
+    return os.environ.get(TRACKING_URI_ENV) or sqlite_uri(folder)
 
 
 def is_rank_zero() -> bool:
@@ -114,7 +123,8 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         resume_run_id: str | None = None,
     ) -> Iterator[Run]:
-        """Open a run (a child of `parent_run_id` if given); it ends FINISHED, or FAILED on an error.
+        """Open a run in `experiment`; it ends FINISHED, or FAILED on an error. A child of `parent_run_id`
+        (default: $CXRLT_PARENT_RUN_ID) is created in its parent's experiment instead.
 
         `resume_run_id`: continue that run (a resumed or requeued job keeps one run and one metric
         history) instead of creating one; it is reopened as RUNNING.
@@ -129,10 +139,15 @@ class Tracker:
                 Run(self.client, run_id).set_tags(tags)
         else:
             all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+            parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
             if parent_run_id is not None:
                 all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+                # The MLflow UI nests runs only inside one experiment: a child goes where its parent is.
+                experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+            else:
+                experiment_id = self.experiment_id(experiment)
             created = self.client.create_run(
-                self.experiment_id(experiment), run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+                experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
             )
             run_id = created.info.run_id
         try:

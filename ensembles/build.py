@@ -25,7 +25,7 @@ from cxrlt.config import config_hash, to_dict, write_config
 from cxrlt.errors import InputError
 from cxrlt.labels import get_schema
 from cxrlt.metrics import evaluate
-from cxrlt.tracking import Run, Tracker, sqlite_uri
+from cxrlt.tracking import Run, Tracker, default_uri
 from ensembles.calibration import Calibrator
 from ensembles.combiners import make_combiner
 from ensembles.config import EnsembleConfig
@@ -138,7 +138,7 @@ def build(
     )
     _save_report_arrays(out_dir / "build.npz", stack, objective, combiner, table.labels, viewed, calibrated)
     write_config(config, out_dir / "config.toml")
-    tracker = Tracker(config.tracking_uri or sqlite_uri("."))
+    tracker = Tracker(config.tracking_uri or default_uri("."))
     with tracker.run(config.experiment, f"ensemble-{chash}", tags={"cxrlt.kind": "ensemble"}) as run:
         recipe.mlflow_run_id = run.run_id
         recipe_path = recipe.write(out_dir / "recipe.json")

@@ -38,7 +38,7 @@ class EnsembleConfig:
     calibration: Literal["none", "temperature", "isotonic"] = "temperature"
     patient_column: str = "subject_id"
     view_column: str = "ViewPosition"
-    tracking_uri: str | None = None  # default: sqlite store in the current directory
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else SQLite in the current directory
     experiment: str = "ensembles"
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from cxrlt.errors import InputError
 SUBCOMMANDS = (
     "launch.schemas",
     "launch.shard",
+    "launch.labels",
     "launch.evaluate",
     "launch.submit",
     "launch.ensemble",
@@ -27,6 +28,7 @@ SUBCOMMANDS = (
     "launch.synth",
     "launch.slurm",
     "launch.tune",
+    "launch.pipeline",
 )
 
 EXIT_INPUT_ERROR = 2

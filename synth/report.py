@@ -6,7 +6,7 @@
 - fidelity: the cross-validated AUC of a logistic regression telling real train images from kept
   synthetic ones on downsampled pixels. 0.5 means the classifier cannot tell them apart; near 1 means
   the synthetic images are trivially recognisable (at least at this resolution).
-Outputs: report.html, report.json, counts.png, grid-<class>.png.
+Outputs: report.html, report.json, counts.png, samples.png (a named row per class), grid-<class>.png.
 """
 
 from __future__ import annotations
@@ -77,31 +77,67 @@ def pass_rates(candidates: list[Candidate]) -> dict[str, dict[str, Any]]:
     return rates
 
 
-def class_grids(candidates: list[Candidate], synthetic: Path, out: Path, cfg: ReportConfig) -> dict[str, str]:
+def _load(synthetic: Path, shown: list[Candidate]) -> torch.Tensor:
     from PIL import Image
 
+    return torch.stack([
+        torch.from_numpy(np.asarray(Image.open(image_path(synthetic, c)).convert("L"), dtype=np.float32) / 255.0)[None]
+        for c in shown
+    ])  # fmt: skip
+
+
+def class_grids(candidates: list[Candidate], synthetic: Path, out: Path, cfg: ReportConfig) -> dict[str, str]:
     grids = {}
     for target in dict.fromkeys(c.target for c in candidates):
         shown = sorted((c for c in candidates if c.target == target), key=lambda c: not c.kept)[: cfg.grid_max]
-        images = torch.stack([
-            torch.from_numpy(np.asarray(Image.open(image_path(synthetic, c)).convert("L"), dtype=np.float32) / 255.0)[None]
-            for c in shown
-        ])  # fmt: skip
         name = f"grid-{sample_key(target)}.png"
-        save_grid(images, out / name)
+        save_grid(_load(synthetic, shown), out / name)
         grids[target] = name
     return grids
 
 
-def counts_chart(counts: dict[str, dict[str, int]], path: Path) -> None:
+def samples_figure(candidates: list[Candidate], synthetic: Path, path: Path, per_class: int = 8) -> None:
+    """One row per target class, named with its kept/generated count: kept samples first, then the
+    best-scored rejected ones, so the figure shows what the filter did at a glance."""
+    from synth.grid import image_grid
+
+    plt = _pyplot()
+    targets = list(dict.fromkeys(c.target for c in candidates))
+    fig, axes = plt.subplots(max(1, len(targets)), 1, figsize=(1.2 * per_class, 1.3 * max(1, len(targets))), squeeze=False)
+    for ax, target in zip(axes[:, 0], targets):
+        group = [c for c in candidates if c.target == target]
+        shown = sorted(group, key=lambda c: (not c.kept, -(c.filter_score or 0.0)))[:per_class]
+        ax.imshow(image_grid(_load(synthetic, shown), per_class), cmap="gray", vmin=0, vmax=255)
+        ax.set_ylabel(f"{target}\nkept {sum(c.kept for c in group)}/{len(group)}", rotation=0, ha="right",
+                      va="center", fontsize=8)  # fmt: skip
+    for ax in axes[:, 0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not targets:
+        axes[0, 0].text(0.5, 0.5, "no candidates generated", ha="center", va="center")
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
+
+
+def counts_chart(counts: dict[str, dict[str, int]], path: Path) -> None:
     classes = list(counts)
     x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(classes)), 4.0))
+    fig, ax = _pyplot().subplots(figsize=(max(6.0, 0.35 * len(classes)), 4.0))
     ax.bar(x - 0.2, [counts[c]["before"] for c in classes], 0.4, label="real")
     ax.bar(x + 0.2, [counts[c]["after"] for c in classes], 0.4, label="real + synthetic")
     ax.set_xticks(x, classes, rotation=75, ha="right", fontsize=7)
@@ -109,9 +145,7 @@ def counts_chart(counts: dict[str, dict[str, int]], path: Path) -> None:
     ax.set_ylabel("train positives")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 def _html(summary: dict[str, Any]) -> str:
@@ -133,6 +167,7 @@ def _html(summary: dict[str, Any]) -> str:
         f"({html.escape(summary['discriminator']['method'])}; 0.5 = indistinguishable)</p>"
         "<h2>Filter pass rates</h2><table border=1>"
         + row(["class", "generated", "kept", "pass rate", "mean score"], "th") + rates + "</table>"
+        "<h2>Samples per class</h2><img src='samples.png'>"
         "<h2>Train positives</h2><img src='counts.png'><table border=1>"
         + row(["class", "real", "added", "after"], "th") + counts + "</table>"
         f"<h2>Candidates (kept first)</h2>{grids}</body></html>"
@@ -170,5 +205,6 @@ def write_report(cfg: SynthConfig) -> Path:
         "grids": class_grids(candidates, synthetic, out, r),
     }  # fmt: skip
     counts_chart(counts, out / "counts.png")
+    samples_figure(candidates, synthetic, out / "samples.png")
     write_text_atomic(out / "report.json", json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return write_text_atomic(out / "report.html", _html(summary))

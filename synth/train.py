@@ -33,7 +33,7 @@ from cxrlt.data.transforms import TransformConfig
 from cxrlt.errors import InputError
 from cxrlt.models.ema import create_ema
 from cxrlt.requeue import REQUEUE_EXIT_CODE, STOP_SIGNALS, clear_stop_request, stop_requested
-from cxrlt.tracking import Run, Tracker, sqlite_uri
+from cxrlt.tracking import Run, Tracker, default_uri
 from synth.config import MODEL_FILE, SynthConfig, TrainConfig
 from synth.grid import save_grid
 from synth.model import Diffusion, build_diffusion, save_synth_model
@@ -219,7 +219,7 @@ def train(cfg: SynthConfig, resume: bool = False, device: str | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     clear_stop_request(out)
     write_config(cfg, out / CONFIG)
-    tracker = Tracker(cfg.run.tracking_uri or sqlite_uri(out))
+    tracker = Tracker(cfg.run.tracking_uri or default_uri(out))
     digest = config_hash(cfg)
     tags = {"cxrlt.command": "synth train", "cxrlt.config_hash": digest, "cxrlt.resumed_from_step": trainer.step if resumed else ""}
     # A resumed attempt continues the first attempt's MLflow run: one run, one loss history.

@@ -73,7 +73,7 @@ def predict(request: PredictRequest) -> Path | None:
         return None
     image_ids, study_ids, rows = image_rows(outputs)
     meta = PredictionMeta(
-        classes=scored.names, schema=scored.schema, split=request.split, model=request.model.parent.name or request.model.stem,
+        classes=scored.names, schema=scored.schema, split=request.split, model=request.model_name,
         config_hash=saved.config_hash, checkpoint=str(request.model.resolve()), mlflow_run_id=saved.mlflow_run_id,
         tta=tta.describe(), extra={"level": level, "size": transform.size, "use_ema": request.use_ema and saved.ema_state_dict is not None},
     )  # fmt: skip

@@ -21,6 +21,15 @@ class PredictRequest:
     use_ema: bool = True
     classes: tuple[str, ...] = ()  # names to score instead of the model's (text-query models)
     descriptions: Path | None = None  # descriptions file for those names
+    name: str = ""  # the model's name in the sidecar (ensembles and reports show it)
+
+    @property
+    def model_name(self) -> str:
+        """`name`, else the run folder's name; a per-resolution folder (res-SIZE) is named with its run's."""
+        folder = self.model.resolve().parent
+        if self.name:
+            return self.name
+        return f"{folder.parent.name}-{folder.name}" if folder.name.startswith("res-") else folder.name
 
     def to_args(self) -> list[str]:
         """The arguments that parse back into this request (for the torchrun workers)."""
@@ -29,6 +38,7 @@ class PredictRequest:
         args += ["--max-views", str(self.max_views)] + ([] if self.use_ema else ["--no-ema"])
         args += ["--classes", ",".join(self.classes)] if self.classes else []
         args += ["--descriptions", str(self.descriptions)] if self.descriptions is not None else []
+        args += ["--name", self.name] if self.name else []
         return args
 
 
@@ -52,13 +62,14 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="class descriptions (.toml [descriptions] or .csv class,description, or a packaged name such "
         "as cxr-lt-2024-task3) added to the query texts",
     )  # fmt: skip
+    parser.add_argument("--name", default="", help="model name in the prediction sidecar (default: the run folder's)")
     return parser
 
 
 def request_from(args: argparse.Namespace) -> PredictRequest:
     return PredictRequest(
         args.model, args.shards, args.split, args.out, args.tta, args.batch_size, args.num_workers,
-        args.max_views, not args.no_ema, parse_class_list(args.classes), args.descriptions,
+        args.max_views, not args.no_ema, parse_class_list(args.classes), args.descriptions, args.name,
     )  # fmt: skip
 
 

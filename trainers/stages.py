@@ -24,7 +24,7 @@ from cxrlt.data.shardset import ShardIndex, index_path, read_index
 from cxrlt.errors import InputError
 from cxrlt.models.saved import load_model
 from cxrlt.requeue import clear_stop_request
-from cxrlt.tracking import Run, Tracker, sqlite_uri
+from cxrlt.tracking import Run, Tracker, default_uri
 from trainers import distributed
 from trainers.config import TrainConfig
 from trainers.inference import predict_split
@@ -99,7 +99,7 @@ def training_hash(cfg: TrainConfig) -> str:
 
 
 def tracking_uri(cfg: TrainConfig) -> str:
-    return cfg.run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(Path.cwd())
+    return cfg.run.tracking_uri or default_uri(Path.cwd())
 
 
 def lineage_tags(cfg: TrainConfig, index_file: Path) -> dict[str, str]:

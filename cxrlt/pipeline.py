@@ -1,0 +1,295 @@
+"""The end-to-end pipeline as a plan of `cxrlt` commands: its config tree and the plan it renders.
+
+A pipeline config (`configs/demo.toml`, `configs/mimic-cxr-lt-2024.toml`) names the steps' own configs
+and the overrides that tie them together; `make_plan` turns it into an ordered list of `Step`s, each one
+`cxrlt` command line with the files that prove it finished and the steps it needs first. The same plan
+is run step by step on this machine (`cxrlt pipeline`, launch/pipeline.py) or rendered as SLURM jobs
+with afterok dependencies (`cxrlt slurm pipeline`), so both run exactly the same commands.
+
+Folder layout under `out_dir`: shards/, labels/{dev,test}.csv, tune/, members/NAME/res-SIZE/, synth/,
+predictions/{dev,test}/NAME-SIZE.csv, ensemble/ (recipe, test.csv), submission.zip, report/.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict
+
+
+@dataclass
+class ShardStep:
+    """`cxrlt shard SOURCE --out OUT/shards ARGS...`; args: the source's own options (images, tables,
+    --max-size, --split, --schema, ...). study: also shard study-level samples (all views of a study,
+    indication, vitals) into OUT/shards-study, for members with level = "study"."""
+
+    source: str = "starter"
+    args: list[str] = field(default_factory=list)
+    study: bool = False
+
+
+@dataclass
+class TuneStep:
+    """`cxrlt tune CONFIG`: its best trial's config (tune/best.toml) becomes every member's base config."""
+
+    config: Path
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Member:
+    """One architecture, trained at each of `resolutions` (one ensemble member per size).
+    synthetic: mix the synth step's shards into its training batches (needs [pipeline.synth]).
+    level: "study" reads the study-level shards (needs [pipeline.shard] study = true).
+    init_from / teacher: an earlier member's model (NAME-SIZE) that initialises this one's backbone
+    (stage.init_from: the study stage) or labels its unknowns (student.teacher: the noisy student);
+    this member then trains after that one."""
+
+    name: str
+    resolutions: list[int]
+    set: list[str] = field(default_factory=list)
+    synthetic: bool = False
+    level: Literal["image", "study"] = "image"
+    init_from: str = ""
+    teacher: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.resolutions:
+            raise ValueError(f"member {self.name!r}: resolutions must list at least one size")
+
+
+@dataclass
+class TrainStep:
+    """config: the members' base training config (replaced by the tuned best.toml when a tune step
+    runs); set: overrides for every member; nproc: ranks per training run."""
+
+    config: Path
+    set: list[str] = field(default_factory=list)
+    nproc: int = 1
+    checkpoint: str = "best.pt"
+
+
+@dataclass
+class SynthStep:
+    """`cxrlt synth train` then `sample`, filtered by `filter_member`'s model (NAME-SIZE), then `report`;
+    synthetic_ratio: the share of synthetic samples in a synthetic member's batches."""
+
+    config: Path
+    filter_member: str
+    set: list[str] = field(default_factory=list)
+    synthetic_ratio: float = 0.2
+
+
+@dataclass
+class EnsembleStep:
+    config: Path | None = None
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    out_dir: Path
+    members: list[Member]
+    train: TrainStep
+    name: str = ""  # the MLflow parent run's name (default: out_dir's name)
+    experiment: str = "cxrlt-pipeline"
+    tracking_uri: str = ""  # default: sqlite:///OUT/mlruns.db
+    dev_split: str = "dev"
+    test_split: str = "test"
+    task: Literal["t1", "t2", "t3"] = "t1"
+    tta: str = "hflip"
+    shard: ShardStep = field(default_factory=ShardStep)
+    tune: TuneStep | None = None
+    synth: SynthStep | None = None
+    ensemble: EnsembleStep = field(default_factory=EnsembleStep)
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.members]
+        if not names:
+            raise ValueError("members must list at least one member")
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique, got {names}")
+        if any(m.synthetic for m in self.members) and self.synth is None:
+            raise ValueError("a member has synthetic = true but there is no [pipeline.synth] step")
+        if any(m.level == "study" for m in self.members) and not self.shard.study:
+            raise ValueError("a member has level = 'study' but [pipeline.shard] study is false")
+
+
+@dataclass
+class PipelineDocument:
+    """The `[pipeline]` table of a pipeline TOML (a `[slurm]` table beside it belongs to `cxrlt slurm`)."""
+
+    pipeline: PipelineConfig
+
+
+def load_pipeline(path: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The [pipeline] table of `path` (a [slurm] table beside it is `cxrlt slurm`'s) with overrides."""
+    try:
+        with open(path, "rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    data.pop("slurm", None)
+    overridden = apply_overrides(PipelineDocument, data, overrides)
+    document = from_dict(PipelineDocument, data, origin=lambda key: OVERRIDE_ORIGIN if key in overridden else str(path))
+    return document.pipeline
+
+
+@dataclass(frozen=True)
+class Step:
+    """One `cxrlt` command. done: files that exist only once it has finished (every command writes its
+    outputs atomically); after: steps that must finish first; heavy: trains or runs Ray (its own process,
+    a GPU job on a cluster); resume: the command continues its own partial work with --resume."""
+
+    name: str
+    argv: tuple[str, ...]
+    done: tuple[Path, ...]
+    after: tuple[str, ...] = ()
+    heavy: bool = False
+    resume: bool = False
+    ranks: int = 1
+
+
+def _sets(overrides: Sequence[str]) -> list[str]:
+    return [w for o in overrides for w in ("--set", o)]
+
+
+class _Plan:
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def add(self, name: str, argv: Sequence[object], done: Sequence[Path], after: Sequence[str] = (),
+            heavy: bool = False, resume: bool = False, ranks: int = 1) -> str:  # fmt: skip
+        known = {s.name for s in self.steps}
+        missing = [a for a in after if a not in known]
+        assert not missing, f"step {name} after unknown steps {missing}"  # a bug in make_plan, not input
+        self.steps.append(Step(name, tuple(map(str, argv)), tuple(done), tuple(after), heavy, resume, ranks))
+        return name
+
+
+def member_runs(cfg: PipelineConfig) -> list[tuple[str, Member, int]]:
+    """(NAME-SIZE, member, size) for every trained model, in config order."""
+    return [(f"{m.name}-{size}", m, size) for m in cfg.members for size in m.resolutions]
+
+
+def model_file(cfg: PipelineConfig, member: Member, size: int) -> Path:
+    return cfg.out_dir / "members" / member.name / f"res-{size}" / cfg.train.checkpoint
+
+
+def make_plan(cfg: PipelineConfig) -> list[Step]:
+    """The pipeline's steps in an order that respects every `after` (paths as given: make them
+    absolute first when the steps run elsewhere)."""
+    out = cfg.out_dir
+    plan = _Plan()
+    shards = out / "shards"
+    shard = plan.add("shard", ["shard", cfg.shard.source, "--out", shards, *cfg.shard.args], [shards / "_index.json"])
+    shard_sets = {"image": (shards, shard)}
+    if cfg.shard.study:
+        study = out / "shards-study"
+        argv = ["shard", cfg.shard.source, "--out", study, *cfg.shard.args, "--level", "study"]
+        shard_sets["study"] = (study, plan.add("shard-study", argv, [study / "_index.json"]))
+    labels = {split: out / "labels" / f"{split}.csv" for split in (cfg.dev_split, cfg.test_split)}
+    for split, path in labels.items():
+        plan.add(f"labels-{split}", ["labels", shards, "--split", split, "--out", path], [path], [shard])
+
+    base, base_after = cfg.train.config, [shard]
+    if cfg.tune is not None:
+        tune_dir = out / "tune"
+        tune_sets = [f"run.out_dir={tune_dir}", f"train.data.shards={shards}", *cfg.tune.set]
+        base = tune_dir / "best.toml"
+        base_after = [plan.add("tune", ["tune", cfg.tune.config, *_sets(tune_sets)], [base], [shard],
+                               heavy=True, resume=True)]  # fmt: skip
+
+    runs = {name: (m, size) for name, m, size in member_runs(cfg)}
+    trained: dict[str, str] = {}
+
+    def source(member: Member, field_name: str) -> tuple[list[str], list[str]]:
+        """The override and the dependency that an init_from / teacher reference adds."""
+        run = getattr(member, field_name)
+        if not run:
+            return [], []
+        if run not in runs or runs[run][0].name not in trained:
+            raise ConfigError(f"member {member.name!r}: {field_name} = {run!r} is not a run of an earlier member "
+                              f"(runs are NAME-SIZE: {', '.join(runs)})")  # fmt: skip
+        key = "stage.init_from" if field_name == "init_from" else "student.teacher"
+        return [f"{key}={model_file(cfg, *runs[run])}"], [trained[runs[run][0].name]]
+
+    def train(member: Member, extra: Sequence[str], after: Sequence[str]) -> str:
+        run_dir = out / "members" / member.name
+        member_shards, sharded = shard_sets[member.level]
+        init, init_after = source(member, "init_from")
+        teacher, teacher_after = source(member, "teacher")
+        overrides = [f"data.shards={member_shards}", *cfg.train.set, f"run.out_dir={run_dir}",
+                     f"resolutions={list(member.resolutions)}", *init, *teacher, *extra, *member.set]  # fmt: skip
+        done = [model_file(cfg, member, size) for size in member.resolutions]
+        argv = ["train", base, *_sets(overrides), "--nproc", cfg.train.nproc]
+        after = [*after, sharded, *init_after, *teacher_after]
+        trained[member.name] = plan.add(f"train-{member.name}", argv, done, list(dict.fromkeys(after)), heavy=True,
+                                        resume=True, ranks=cfg.train.nproc)  # fmt: skip
+        return trained[member.name]
+
+    for m in cfg.members:
+        if not m.synthetic:
+            train(m, [], base_after)
+    if cfg.synth is not None:
+        s = cfg.synth
+        if s.filter_member not in runs or runs[s.filter_member][0].name not in trained:
+            real = [name for name, (m, _) in runs.items() if m.name in trained]
+            raise ConfigError(f"pipeline.synth.filter_member = {s.filter_member!r}: not one of {real}")
+        synth_dir = out / "synth"
+        synth_sets = _sets([f"data.shards={shards}", f"run.out_dir={synth_dir}", *s.set])
+        synth_train = plan.add("synth-train", ["synth", "train", s.config, *synth_sets], [synth_dir / "model.pt"],
+                               [shard], heavy=True, resume=True)  # fmt: skip
+        filter_model = model_file(cfg, *runs[s.filter_member])
+        sample_sets = [*synth_sets, "--set", f"filter.classifier={filter_model}"]
+        synthetic = synth_dir / "synthetic"
+        sampled = plan.add("synth-sample", ["synth", "sample", s.config, *sample_sets], [synthetic / "_index.json"],
+                           [synth_train, trained[runs[s.filter_member][0].name]], heavy=True)  # fmt: skip
+        plan.add("synth-report", ["synth", "report", s.config, *sample_sets], [synth_dir / "report" / "report.html"],
+                 [sampled])  # fmt: skip
+        mix = [f"data.synthetic={synthetic}", f"data.synthetic_ratio={s.synthetic_ratio}"]
+        for m in cfg.members:
+            if m.synthetic:
+                train(m, mix, [*base_after, sampled])
+
+    predictions: dict[str, list[Path]] = {split: [] for split in labels}
+    predicted = []
+    for name, member, size in member_runs(cfg):
+        for split in labels:
+            path = out / "predictions" / split / f"{name}.csv"
+            predictions[split].append(path)
+            argv = ["predict", model_file(cfg, member, size), "--shards", shard_sets[member.level][0], "--split", split, "--out", path,
+                    "--tta", cfg.tta, "--name", name]  # fmt: skip
+            predicted.append(plan.add(f"predict-{name}-{split}", argv, [path], [trained[member.name]]))
+
+    ensemble_dir = out / "ensemble"
+    config = ["--config", cfg.ensemble.config] if cfg.ensemble.config is not None else []
+    recipe = ensemble_dir / "recipe.json"
+    built = plan.add("ensemble-build", ["ensemble", "build", "--predictions", *predictions[cfg.dev_split],
+                                        "--labels", labels[cfg.dev_split], *config, *_sets(cfg.ensemble.set),
+                                        "--out", ensemble_dir], [recipe],
+                     [*predicted, f"labels-{cfg.dev_split}"], heavy=True)  # fmt: skip
+    test_ensemble = ensemble_dir / f"{cfg.test_split}.csv"
+    applied = plan.add("ensemble-apply", ["ensemble", "apply", "--recipe", recipe, "--predictions",
+                                          *predictions[cfg.test_split], "--out", test_ensemble],
+                       [test_ensemble], [built])  # fmt: skip
+    submission = out / "submission.zip"
+    plan.add("submit", ["submit", "write", "--task", cfg.task, "--ids", labels[cfg.test_split], "--predictions",
+                        test_ensemble, "--out", submission], [submission], [applied, f"labels-{cfg.test_split}"])  # fmt: skip
+    report = out / "report"
+    images = []
+    if cfg.synth is not None:
+        synth_report = out / "synth" / "report"
+        images = ["--image", f"Synthetic tail-class samples (kept by the filter)={synth_report / 'samples.png'}",
+                  "--image", f"Train positives, real vs real + synthetic={synth_report / 'counts.png'}"]
+    plan.add("report", ["ensemble", "compare", "--members", *predictions[cfg.test_split], "--ensemble", test_ensemble,
+                        "--labels", labels[cfg.test_split], "--recipe", recipe, *images, "--title",
+                        f"{cfg.name or out.name}: members and ensemble on the {cfg.test_split} split", "--out", report],
+             [report / "index.html"], [applied, *(["synth-report"] if cfg.synth else [])])  # fmt: skip
+    return plan.steps
