@@ -1,4 +1,4 @@
-"""The `[slurm]` section of a command's TOML: resources, environment set-up, preemption, the ensemble chain.
+"""The `[slurm]` section of a command's TOML: resources, environment set-up, preemption.
 
 `cxrlt slurm KIND CONFIG` reads only the `[slurm]` table of CONFIG; every other table belongs to the
 command the job runs. `--set slurm.x=v` overrides apply here, all other `--set`s are passed through to
@@ -12,34 +12,11 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict
 
 SECTION = "slurm"
-
-
-@dataclass
-class PipelineConfig:
-    """`[slurm.pipeline]`: train members as a job array, predict them, ensemble the predictions."""
-
-    members: list[Path]  # training configs, one per array index (their own [slurm] tables are ignored)
-    shards: Path  # the shard set the members predict on
-    labels: Path  # dev label CSV for `cxrlt ensemble build`
-    ids: Path  # test id CSV (dicom_id column) for `cxrlt submit write`
-    checkpoint: str = "best.pt"  # a member's trained-model file, relative to its run directory
-    dev_split: str = "dev"
-    test_split: str = "test"
-    task: Literal["t1", "t2", "t3"] = "t1"
-    predict_args: list[str] = field(default_factory=list)  # e.g. ["--tta", "hflip"]
-    ensemble_config: Path | None = None
-    max_parallel: int | None = None  # array throttle: at most this many members run at once
-
-    def __post_init__(self) -> None:
-        if not self.members:
-            raise ValueError("members must list at least one training config")
-        if self.max_parallel is not None and self.max_parallel < 1:
-            raise ValueError("max_parallel must be >= 1")
 
 
 @dataclass
@@ -67,7 +44,6 @@ class SlurmConfig:
     requeue: bool = True
     rdzv_port: int | None = None  # default: 20000 + job id % 20000, so jobs sharing a host differ
     ray_port: int = 6379
-    pipeline: PipelineConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("nodes", "ranks_per_node"):
@@ -111,6 +87,9 @@ def load_slurm_config(path: Path, overrides: Sequence[str] = ()) -> LoadedConfig
     ours = [o for o in overrides if o.split("=", 1)[0].strip().startswith(SECTION + ".")]
     theirs = [o for o in overrides if o not in ours]
     document = {SECTION: data.pop(SECTION, {})}
+    if isinstance(document[SECTION], dict) and "pipeline" in document[SECTION]:
+        raise ConfigError(f"{path}: [slurm.pipeline] is no longer read: describe the pipeline in a [pipeline] "
+                          "table (see configs/demo.toml); `cxrlt slurm pipeline` submits its steps")  # fmt: skip
     overridden = apply_overrides(_Document, document, ours)
     section = document[SECTION]
     if isinstance(section, dict) and isinstance(section.get("time"), datetime.time):

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import tomllib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from cluster import steps
-from cluster.config import SECTION, LoadedConfig, PipelineConfig, SlurmConfig, load_slurm_config
-from cluster.script import Resources, Script, environment, header
+from cluster.config import LoadedConfig, SlurmConfig, load_slurm_config
+from cluster.script import Resources, Script, environment, header, q
 from cxrlt.config import ConfigError
+from cxrlt.pipeline import PipelineConfig, load_pipeline
+from cxrlt.pipeline import make_plan as pipeline_steps
+from cxrlt.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV
 
 KINDS = ("train", "predict", "tune", "synth", "ensemble", "pipeline")
 RUN_DIR_KEY = "run.out_dir"
@@ -31,7 +35,35 @@ class PlannedJob:
     name: str  # step name, unique in the plan
     path: Path  # where the script is written
     script: str
-    depends_on: str | None = None  # an earlier step that must end successfully first (afterok)
+    after: tuple[str, ...] = ()  # earlier steps that must all end successfully first (afterok)
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """A pipeline's parent MLflow run, created at submission; the jobs' runs nest under it by id."""
+
+    uri: str
+    experiment: str
+    name: str
+    tags: dict[str, str]
+    store: Path | None = None  # the folder of a default SQLite store, created with the run
+
+    def create(self) -> str:
+        """Create the run and end it FINISHED at once (the jobs attach to it by id); returns its id."""
+        from cxrlt.tracking import Tracker
+
+        if self.store is not None:
+            self.store.mkdir(parents=True, exist_ok=True)
+        with Tracker(self.uri).run(self.experiment, self.name, tags=self.tags) as run:
+            return run.run_id
+
+
+# Every pipeline job holds this line until submission puts the parent run's id in its place.
+PARENT_PLACEHOLDER = f"# {PARENT_RUN_ENV}=<the pipeline's parent MLflow run, created at submission>"
+
+
+def parent_line(run_id: str) -> str:
+    return f"export {PARENT_RUN_ENV}={q(run_id)}  # the pipeline's parent MLflow run"
 
 
 @dataclass(frozen=True)
@@ -40,6 +72,11 @@ class Plan:
     dir: Path
     jobs: list[PlannedJob]
     files: dict[Path, str]  # config snapshots, written before the jobs are submitted
+    parent: ParentRun | None = None
+
+    def with_parent(self, run_id: str) -> Plan:
+        jobs = [replace(j, script=j.script.replace(PARENT_PLACEHOLDER, parent_line(run_id))) for j in self.jobs]
+        return replace(self, jobs=jobs)
 
 
 def make_plan(kind: str, config: Path, overrides: Sequence[str], args: Sequence[str], workdir: Path) -> Plan:
@@ -50,7 +87,9 @@ def make_plan(kind: str, config: Path, overrides: Sequence[str], args: Sequence[
     folder = (workdir / cfg.job_dir / f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}").resolve()
     builder = _Builder(kind, cfg, folder, workdir.resolve(), f"`cxrlt slurm {kind} {config}`")
     if kind == "pipeline":
-        return builder.pipeline(config)
+        if args:
+            raise ConfigError("cxrlt slurm pipeline takes no arguments after --: the [pipeline] table says it all")
+        return builder.pipeline(config, loaded.passthrough)
     if kind == "predict":
         if loaded.command_tables or loaded.passthrough:
             raise ConfigError(f"{config}: predict takes no config: give only [slurm] and the arguments after --")
@@ -61,38 +100,40 @@ def make_plan(kind: str, config: Path, overrides: Sequence[str], args: Sequence[
     if kind == "ensemble":
         if not args:
             raise ConfigError("cxrlt slurm ensemble: give the ensemble action after --, e.g. -- build ...")
-        config_args = ["--config", snapshot] if snapshot is not None else []
-        return builder.single("ensemble", lambda s: steps.ensemble(s, [*args, *config_args, *_sets(loaded)]))
+        command = ["ensemble", *args, *(["--config", snapshot] if snapshot is not None else [])]
+        return builder.single("ensemble", lambda s: steps.task(s, [*command, *steps.sets(loaded.passthrough)]))
     if snapshot is None:
         raise ConfigError(f"{config}: cxrlt slurm {kind} needs the command's config beside [slurm]")
     run_dir, passthrough = _run_dir(loaded, folder, workdir)
+    command = [snapshot, *steps.sets(passthrough)]
     if kind == "train":
-        return builder.single("train", lambda s: steps.train(s, cfg, snapshot, passthrough, run_dir, builder.logs),
+        return builder.single("train", lambda s: steps.train(s, cfg, command, run_dir, builder.logs),
                               nodes=cfg.nodes, preemptible=True)  # fmt: skip
     if kind == "tune":
-        return builder.single("tune", lambda s: steps.tune(s, cfg, snapshot, passthrough, run_dir),
-                              nodes=cfg.nodes, preemptible=True)  # fmt: skip
+        return builder.single("tune", lambda s: steps.tune(s, cfg, command, run_dir), nodes=cfg.nodes, preemptible=True)
     if kind == "synth":
         if len(args) != 1 or args[0] not in ("train", "sample"):
             raise ConfigError("cxrlt slurm synth: give the action after --: `-- train` or `-- sample`")
-        return builder.single("synth", lambda s: steps.synth(s, cfg, args[0], snapshot, passthrough, run_dir),
-                              preemptible=args[0] == "train")  # fmt: skip
+        train = args[0] == "train"  # synth train checkpoints and resumes; sample does not
+        body = partial(steps.task, args=["synth", args[0], *command], run_dir=run_dir if train else None)
+        return builder.single("synth", body, preemptible=train)
     raise ConfigError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _sets(loaded: LoadedConfig) -> list[str]:
-    return [w for o in loaded.passthrough for w in ("--set", o)]
+def _override(overrides: Sequence[str], key: str, default: Any = None) -> Any:
+    """The value the last `key=value` of `overrides` gives `key`, as cxrlt.config.apply_overrides reads it."""
+    for o in overrides:
+        name, _, value = o.partition("=")
+        if name.strip() == key:
+            default = _toml_value(value)
+    return default
 
 
 def _run_dir(loaded: LoadedConfig, folder: Path, workdir: Path) -> tuple[Path, list[str]]:
     """The step's run directory (where the stop request goes): `run.out_dir` of the command's config
     or of a `--set`; when neither gives it, the submission folder's run/ is set through `--set`."""
     passthrough = list(loaded.passthrough)
-    given = loaded.command_tables.get("run", {}).get("out_dir")
-    for o in passthrough:
-        key, _, value = o.partition("=")
-        if key.strip() == RUN_DIR_KEY:
-            given = _toml_value(value)
+    given = _override(passthrough, RUN_DIR_KEY, loaded.command_tables.get("run", {}).get("out_dir"))
     if given is None:
         given = folder / "run"
         passthrough.append(f"{RUN_DIR_KEY}={given}")
@@ -107,86 +148,104 @@ def _toml_value(raw: str) -> Any:
         return raw
 
 
+def _step_sets(argv: Sequence[str]) -> list[str]:
+    """The KEY=VALUE of every `--set KEY=VALUE` in a command line."""
+    return [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--set"]
+
+
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` (the job sets that option itself)."""
+    out: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        else:
+            out.append(word)
+    return out
+
+
 class _Builder:
     def __init__(self, kind: str, cfg: SlurmConfig, folder: Path, workdir: Path, origin: str) -> None:
         self.kind, self.cfg, self.folder, self.workdir, self.origin = kind, cfg, folder, workdir, origin
         self.logs = folder / "logs"
         self.files: dict[Path, str] = {}
         self.jobs: list[PlannedJob] = []
+        self.parent: ParentRun | None = None
 
-    def _script(self, name: str, res: Resources, cfg: SlurmConfig | None = None) -> Script:
+    def job(self, name: str, res: Resources, body: Callable[[Script], Script], cfg: SlurmConfig | None = None,
+            after: Sequence[str] = ()) -> None:  # fmt: skip
+        """The one way a command becomes a job: #SBATCH header, environment, then `body`'s lines."""
         cfg = cfg or self.cfg
         job_name = cfg.job_name or f"cxrlt-{self.kind}"
         if self.kind == "pipeline":
             job_name = f"{job_name}-{name}"
         note = f"Written by {self.origin}; submission folder {self.folder}"
-        script = header(cfg, res, job_name, self.logs, self.workdir, note)
-        return environment(script, cfg, gpu=res.gpus_per_node > 0)
-
-    def add(self, name: str, script: Script, depends_on: str | None = None) -> None:
-        self.jobs.append(PlannedJob(name, self.folder / f"{name}.sbatch", script.text(), depends_on))
+        script = environment(header(cfg, res, job_name, self.logs, self.workdir, note), cfg, gpu=res.gpus_per_node > 0)
+        if self.parent is not None:
+            script.add(PARENT_PLACEHOLDER)
+        self.jobs.append(PlannedJob(name, self.folder / f"{name}.sbatch", body(script).text(), tuple(after)))
 
     def plan(self) -> Plan:
-        return Plan(self.kind, self.folder, self.jobs, self.files)
+        return Plan(self.kind, self.folder, self.jobs, self.files, self.parent)
 
-    def single(self, name: str, body, nodes: int = 1, preemptible: bool = False) -> Plan:
+    def single(self, name: str, body: Callable[[Script], Script], nodes: int = 1, preemptible: bool = False) -> Plan:
         if nodes == 1 and self.cfg.nodes > 1:
             raise ConfigError(f"slurm.nodes = {self.cfg.nodes}: cxrlt slurm {self.kind} runs on one node")
-        res = Resources(nodes=nodes, gpus_per_node=self.cfg.gpus_per_node, preemptible=preemptible)
-        self.add(name, body(self._script(name, res)))
+        self.job(name, Resources(nodes=nodes, gpus_per_node=self.cfg.gpus_per_node, preemptible=preemptible), body)
         return self.plan()
 
-    def pipeline(self, config: Path) -> Plan:
-        p = self.cfg.pipeline
-        if p is None:
-            raise ConfigError(f"{config}: cxrlt slurm pipeline needs a [slurm.pipeline] table")
-        p = _absolute(p, self.workdir)
-        members, predictions = self.folder / "members", self.folder / "predictions"
-        for i, member in enumerate(p.members):
-            self.files[self.folder / "configs" / f"member-{i}.toml"] = _member_snapshot(member, i)
-        last = len(p.members) - 1
-        array = f"0-{last}" + (f"%{p.max_parallel}" if p.max_parallel else "")
-        index = steps.Sh('"$SLURM_ARRAY_TASK_ID"')
-        config_i = steps.Sh(f"{steps.q(self.folder / 'configs')}/member-{index}.toml")
-        run_i = steps.Sh(f"{steps.q(members)}/{index}")
-        gpus = self.cfg.gpus_per_node
-
-        train = self._script("train", Resources(self.cfg.nodes, gpus, array, preemptible=True))
-        # A member's run directory is only known inside the job, so the override is a shell expression.
-        run_override = steps.Sh(steps.q(f"{RUN_DIR_KEY}={members}/") + index)
-        self.add("train", steps.train(train, self.cfg, config_i, [run_override], run_i, self.logs))
-
-        one_node = replace(self.cfg, nodes=1)
-        predict = self._script("predict", Resources(1, gpus, array), one_node)
-        self.add("predict", steps.chain_predict(predict, one_node, p, members, predictions), depends_on="train")
-
+    def pipeline(self, config: Path, overrides: Sequence[str]) -> Plan:
+        """One job per step of the [pipeline] plan (cxrlt.pipeline.make_plan), after the jobs of its steps."""
+        p = load_pipeline(config, overrides)
+        # Absolute paths in every command line: the jobs do not depend on where they are started from.
+        p = _with_configs(replace(p, out_dir=(self.workdir / p.out_dir).resolve()), self._frozen)
+        store = None if p.tracking_uri else p.out_dir
+        uri = p.tracking_uri or f"sqlite:///{p.out_dir / 'mlruns.db'}"  # as cxrlt.tracking.sqlite_uri(out_dir)
+        tags = {"cxrlt.kind": "pipeline", "config": str(config), "slurm_submission": str(self.folder)}
+        self.parent = ParentRun(uri, p.experiment, p.name or p.out_dir.name, tags, store)
+        cfg = replace(self.cfg, env={**self.cfg.env, TRACKING_URI_ENV: uri})
+        one_node = replace(cfg, nodes=1)
         cpu_only = replace(one_node, gpus_per_node=0)
-        ensemble = self._script("ensemble", Resources(1, 0), cpu_only)
-        dev = [predictions / p.dev_split / f"member-{i}.csv" for i in range(last + 1)]
-        test = [predictions / p.test_split / f"member-{i}.csv" for i in range(last + 1)]
-        out = self.folder / "ensemble"
-        self.add("ensemble", steps.chain_ensemble(ensemble, p, dev, test, out, self.folder / "submission.zip"),
-                 depends_on="predict")  # fmt: skip
+        gpus = cfg.gpus_per_node
+        for step in pipeline_steps(p):
+            argv = list(step.argv)
+            run_dir = _override(_step_sets(argv), RUN_DIR_KEY) if step.resume else None
+            if step.resume and run_dir is None:
+                raise ConfigError(f"pipeline step {step.name}: a resumable step needs --set {RUN_DIR_KEY}=DIR")
+            run_dir = run_dir and self.workdir / Path(run_dir)  # where the stop request of a preemption goes
+            if argv[0] == "train":
+                body = partial(steps.train, cfg=cfg, args=_without_option(argv[1:], "--nproc"), run_dir=run_dir,
+                               log_dir=self.logs)  # fmt: skip
+                res, step_cfg = Resources(cfg.nodes, gpus, preemptible=True), cfg
+            elif argv[0] == "tune":
+                body = partial(steps.tune, cfg=cfg, args=argv[1:], run_dir=run_dir)
+                res, step_cfg = Resources(cfg.nodes, gpus, preemptible=True), cfg
+            elif argv[0] == "predict":
+                body = partial(steps.predict, cfg=one_node, args=argv[1:])
+                res, step_cfg = Resources(1, gpus), one_node
+            else:  # synth train (preemptible), synth sample and ensemble build (GPUs), the light rest (CPU)
+                body = partial(steps.task, args=argv, run_dir=run_dir)
+                step_cfg = one_node if step.heavy else cpu_only
+                res = Resources(1, step_cfg.gpus_per_node, preemptible=step.resume)
+            self.job(step.name, res, body, step_cfg, step.after)
         return self.plan()
 
+    def _frozen(self, path: Path | None, role: str) -> Path | None:
+        """A step's own config, made absolute and copied into the submission folder, so that editing it
+        cannot change a queued job (a file that does not exist yet, such as the tuned best.toml, is not)."""
+        if path is None or not (path := (self.workdir / path).resolve()).is_file():
+            return path
+        copy = self.folder / "configs" / f"{role}.toml"
+        self.files[copy] = path.read_text()
+        return copy
 
-def _absolute(p: PipelineConfig, workdir: Path) -> PipelineConfig:
-    def absolute(path: Path) -> Path:
-        return path if path.is_absolute() else workdir / path
 
-    return replace(p, members=[absolute(m) for m in p.members], shards=absolute(p.shards),
-                   labels=absolute(p.labels), ids=absolute(p.ids),
-                   ensemble_config=absolute(p.ensemble_config) if p.ensemble_config else None)  # fmt: skip
-
-
-def _member_snapshot(member: Path, i: int) -> str:
-    key = f"{SECTION}.pipeline.members[{i}]"
-    try:
-        with open(member, "rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: config file not found: {member}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{key}: {member}: invalid TOML: {e}") from None
-    data.pop(SECTION, None)
-    return tomli_w.dumps(data)
+def _with_configs(p: PipelineConfig, change: Callable[[Path | None, str], Path | None]) -> PipelineConfig:
+    """`p` with change(path, role) in place of each step's config path."""
+    return replace(p, train=replace(p.train, config=change(p.train.config, "train")),
+                   tune=p.tune and replace(p.tune, config=change(p.tune.config, "tune")),
+                   synth=p.synth and replace(p.synth, config=change(p.synth.config, "synth")),
+                   ensemble=replace(p.ensemble, config=change(p.ensemble.config, "ensemble")))  # fmt: skip

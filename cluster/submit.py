@@ -1,4 +1,4 @@
-"""Submitting a plan with sbatch, in order, each job after the one it depends on (afterok), and the
+"""Submitting a plan with sbatch, in order, each job after the jobs it depends on (afterok), and the
 submission record (`submission.json` in the submission folder) that `cxrlt slurm status` reads.
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,11 @@ class StepRecord:
     name: str
     job_id: str
     script: str
-    depends_on: str | None = None  # the job id this one waits for
+    depends_on: list[str] = field(default_factory=list)  # the job ids this one waits for
+
+    def __post_init__(self) -> None:
+        if isinstance(self.depends_on, str) or self.depends_on is None:  # a record from one dependency per job
+            self.depends_on = [self.depends_on] if self.depends_on else []
 
 
 @dataclass
@@ -32,6 +37,7 @@ class SubmissionRecord:
     dir: str
     created_at: str
     steps: list[StepRecord] = field(default_factory=list)
+    parent_run_id: str | None = None  # a pipeline's parent MLflow run
 
     def save(self) -> Path:
         return write_text_atomic(Path(self.dir) / RECORD_NAME, json.dumps(asdict(self), indent=2) + "\n")
@@ -45,15 +51,15 @@ class SubmissionRecord:
             raise InputError(f"{path}: not a readable submission record ({e})") from None
 
 
-def sbatch_line(script: Path, dependency: str | None) -> list[str]:
-    return ["sbatch", "--parsable", *([f"--dependency=afterok:{dependency}"] if dependency else []), str(script)]
+def sbatch_line(script: Path, dependencies: Sequence[str] = ()) -> list[str]:
+    """`--dependency=afterok:ID[:ID...]`: the job starts once every one of them has ended successfully."""
+    after = [f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else []
+    return ["sbatch", "--parsable", *after, str(script)]
 
 
-def sbatch(script: Path, dependency: str | None = None) -> str:
+def sbatch(script: Path, dependencies: Sequence[str] = ()) -> str:
     """Submit `script`; returns the job id. A refusal (bad partition, account, ...) is an InputError."""
-    if shutil.which("sbatch") is None:
-        raise InputError("sbatch not found: run on a SLURM login node, or use --dry-run to see the script")
-    done = subprocess.run(sbatch_line(script, dependency), capture_output=True, text=True)
+    done = subprocess.run(sbatch_line(script, dependencies), capture_output=True, text=True)
     if done.returncode != 0:
         raise InputError(f"sbatch {script} failed: {done.stderr.strip() or done.stdout.strip()}")
     # --parsable prints "ID" or "ID;CLUSTER".
@@ -69,22 +75,25 @@ def write_plan(plan: Plan) -> None:
 
 
 def submit(plan: Plan) -> SubmissionRecord:
-    """Write the plan's files and submit its jobs; the record is saved after every submission, so a
-    chain that fails half-way still shows what was queued."""
+    """Create a pipeline's parent MLflow run, write the plan's files and submit its jobs in order; the
+    record is saved after every submission, so a chain that fails half-way still shows what was queued."""
+    if shutil.which("sbatch") is None:  # before the parent run is created
+        raise InputError("sbatch not found: run on a SLURM login node, or use --dry-run to see the script")
+    parent_run_id = plan.parent.create() if plan.parent is not None else None
+    if parent_run_id is not None:
+        plan = plan.with_parent(parent_run_id)
     write_plan(plan)
-    record = SubmissionRecord(plan.kind, str(plan.dir), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = SubmissionRecord(plan.kind, str(plan.dir), created, parent_run_id=parent_run_id)
     ids: dict[str, str] = {}
     for job in plan.jobs:
-        dependency = ids[job.depends_on] if job.depends_on else None
-        ids[job.name] = sbatch(job.path, dependency)
-        record.steps.append(StepRecord(job.name, ids[job.name], str(job.path), dependency))
+        dependencies = [ids[name] for name in job.after]
+        ids[job.name] = sbatch(job.path, dependencies)
+        record.steps.append(StepRecord(job.name, ids[job.name], str(job.path), dependencies))
         record.save()
     return record
 
 
 def dry_run_commands(plan: Plan) -> list[str]:
     """The sbatch command lines that would submit the plan (dependencies shown as placeholders)."""
-    return [
-        " ".join(sbatch_line(job.path, f"<{job.depends_on} job id>" if job.depends_on else None))
-        for job in plan.jobs
-    ]
+    return [" ".join(sbatch_line(job.path, [f"<{name} job id>" for name in job.after])) for job in plan.jobs]

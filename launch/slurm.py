@@ -14,7 +14,7 @@ KIND_HELP = {
     "tune": "a Ray cluster across the allocation, then cxrlt tune",
     "synth": "cxrlt synth train|sample (the action after --)",
     "ensemble": "cxrlt ensemble ACTION ARGS (after --)",
-    "pipeline": "members as a job array -> predict array (afterok) -> ensemble + submission (afterok)",
+    "pipeline": "the steps of CONFIG's [pipeline] (as `cxrlt pipeline` runs them), one job each, afterok",
 }
 
 
@@ -62,6 +62,8 @@ def run_submit(args: argparse.Namespace) -> int:
     record = submit(plan)
     for step in record.steps:
         print(f"submitted {step.name} as job {step.job_id}")
+    if record.parent_run_id is not None:
+        print(f"MLflow parent run: {record.parent_run_id}")
     print(f"submission folder: {record.dir}")
     return 0
 

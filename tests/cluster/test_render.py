@@ -40,26 +40,6 @@ ranks_per_node = 2
 conda_env = "cxrlt"
 """
 
-PIPELINE = """
-[slurm]
-time = "02:00:00"
-[slurm.pipeline]
-members = ["a.toml", "b.toml"]
-shards = "shards"
-labels = "dev_labels.csv"
-ids = "test_ids.csv"
-max_parallel = 1
-predict_args = ["--tta", "hflip"]
-"""
-
-MEMBER = """
-[run]
-out_dir = "ignored"
-[slurm]
-nodes = 8
-"""
-
-
 def scripts(stdout: str) -> list[str]:
     return ["#!/bin/bash" + part for part in stdout.split("#!/bin/bash")[1:]]
 
@@ -96,29 +76,6 @@ def test_every_kind_renders_valid_bash(case: str, tmp_path: Path, slurm_tools: N
     shell_check(script, tmp_path)
     assert "--chdir=" + str(tmp_path.resolve()) in script
     assert "export HF_HUB_OFFLINE=1" in script
-
-
-def test_pipeline_renders_three_dependent_scripts(tmp_path: Path, slurm_tools: None) -> None:
-    for name in ("a.toml", "b.toml"):
-        (tmp_path / name).write_text(MEMBER)
-    (tmp_path / "job.toml").write_text(PIPELINE)
-    done = cxrlt("slurm", "pipeline", "job.toml", "--dry-run", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    train, predict, ensemble = scripts(done.stdout)
-    for script in (train, predict, ensemble):
-        shell_check(script, tmp_path)
-    assert "--array=0-1%1" in sbatch_options(train) and "--array=0-1%1" in sbatch_options(predict)
-    assert "--requeue" in sbatch_options(train) and "--requeue" not in sbatch_options(predict)
-    # The member's own [slurm] (8 nodes) is ignored: the chain's resources apply.
-    assert "--nodes=1" in sbatch_options(train)
-    assert '--set run.out_dir=' in train and 'members/"$SLURM_ARRAY_TASK_ID"' in train
-    assert 'members/"$SLURM_ARRAY_TASK_ID"/best.pt --tta hflip' in predict
-    assert "--split dev" in predict and "--split test" in predict
-    assert "ensemble build" in ensemble and "ensemble apply" in ensemble and "submit write --task t1" in ensemble
-    assert "predictions/dev/member-0.csv" in ensemble and "predictions/dev/member-1.csv" in ensemble
-    commands = done.stderr.splitlines()
-    assert "--dependency=afterok:<train job id>" in commands[1] and "predict.sbatch" in commands[1]
-    assert "--dependency=afterok:<predict job id>" in commands[2] and "ensemble.sbatch" in commands[2]
 
 
 def test_gpu_training_script(tmp_path: Path, slurm_tools: None) -> None:
@@ -164,8 +121,8 @@ BAD = {
     "unknown key": ("train", "[slurm]\nnodez = 2\n", (), "slurm.nodez"),
     "wrong type": ("train", "[run]\nx = 1\n[slurm]\n", ("--set", "slurm.nodes=two"), "slurm.nodes"),
     "bad value": ("train", "[run]\nx = 1\n[slurm]\nnodes = 0\n", (), "nodes must be >= 1"),
-    "no pipeline": ("pipeline", "[slurm]\n", (), "[slurm.pipeline]"),
-    "member missing": ("pipeline", PIPELINE, (), "slurm.pipeline.members[0]"),
+    "no pipeline": ("pipeline", "[slurm]\n", (), "missing required key 'pipeline'"),
+    "old pipeline table": ("pipeline", "[slurm.pipeline]\nmembers = ['a.toml']\n", (), "[pipeline] table"),
     "predict config": ("predict", "[run]\nx = 1\n[slurm]\n", ("--", "m.pt"), "predict takes no config"),
     "synth action": ("synth", "[synth]\nx = 1\n", (), "-- train"),
     "one-node kind": ("predict", "[slurm]\nnodes = 2\n", ("--", "m.pt"), "slurm.nodes = 2"),
