@@ -291,5 +291,5 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
     plan.add("report", ["ensemble", "compare", "--members", *predictions[cfg.test_split], "--ensemble", test_ensemble,
                         "--labels", labels[cfg.test_split], "--recipe", recipe, *images, "--title",
                         f"{cfg.name or out.name}: members and ensemble on the {cfg.test_split} split", "--out", report],
-             [report / "index.html"], [applied, *(["synth-report"] if cfg.synth else [])])  # fmt: skip
+             [report / "index.html"], [applied, f"labels-{cfg.test_split}", *(["synth-report"] if cfg.synth else [])])  # fmt: skip
     return plan.steps
