@@ -76,10 +76,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _run_step(step, resume: bool) -> int:
+def _run_step(step) -> int:
+    """Resumable commands always get --resume: on a fresh folder it is a plain start, after an
+    interruption it continues from the checkpoint instead of refusing to overwrite it."""
     from launch.main import main as cxrlt_main
 
-    argv = [*step.argv, *(["--resume"] if step.resume and resume else [])]
+    argv = [*step.argv, *(["--resume"] if step.resume else [])]
     if not step.heavy:
         return cxrlt_main(argv)
     executable = Path(sys.executable).with_name("cxrlt")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 console.rule(header)
                 console.print(f"$ cxrlt {shlex.join(step.argv)}", soft_wrap=True, markup=False)
                 t0 = time.monotonic()
-                status = _run_step(step, resume=True)
+                status = _run_step(step)
                 if status != 0:
                     raise InputError(f"step {step.name} failed (exit {status}); fix it and rerun `cxrlt pipeline "
                                      f"{args.config}`: finished steps are reused")  # fmt: skip
