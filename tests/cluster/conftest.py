@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -78,6 +78,27 @@ def wait_ended(slurm: LocalSlurm, job_id: str, timeout: float) -> list[dict[str,
     return wait_until(slurm, job_id, lambda fs: fs and all(f["JobState"] in ENDED for f in fs), timeout, "the end")
 
 
+def wait_all_ended(slurm: LocalSlurm, job_ids: Iterable[str], timeout: float,
+                   poll: float = 1.0) -> dict[str, dict[str, str]]:  # fmt: skip
+    """The fields of each job as it ended, polling every job with one `scontrol show job` (a chain of jobs
+    shares the test machine's cores with the poller). A job's fields are kept from when it ended: the
+    controller forgets it MinJobAge (300 s) later, before a long chain is over."""
+    waiting, ended = set(job_ids), {}
+    deadline = time.monotonic() + timeout
+    while waiting:
+        out = slurm.run("scontrol", "show", "job", "-o", check=False).stdout
+        for fields in (dict(FIELD.findall(line)) for line in out.splitlines()):
+            if fields.get("JobId") in waiting and fields.get("JobState") in ENDED:
+                ended[fields["JobId"]] = fields
+                waiting.discard(fields["JobId"])
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs {sorted(waiting)} not ended in {timeout:.0f} s")
+        time.sleep(poll)
+    return ended
+
+
 def release_requeued(slurm: LocalSlurm, job_id: str, restarts: int, timeout: float = 60) -> None:
     """SLURM holds a requeued batch job for about two minutes (BeginTime) so that the previous attempt
     is cleaned up first; the tests start it as soon as that has happened instead. "Cleaned up" is
@@ -105,8 +126,13 @@ def diagnosis(slurm: LocalSlurm, *logs: Path, chars: int = 3000) -> str:
 
 
 def submitted_ids(stdout: str) -> dict[str, str]:
-    """`cxrlt slurm` prints `submitted STEP as job ID` per job."""
-    return dict(re.findall(r"submitted (\w+) as job (\d+)", stdout))
+    """`cxrlt slurm` prints `submitted STEP as job ID` per job (pipeline steps: train-convnext, ...)."""
+    return dict(re.findall(r"submitted ([\w-]+) as job (\d+)", stdout))
+
+
+def submission_folder(stdout: str) -> Path:
+    """`cxrlt slurm` prints `submission folder: DIR` last."""
+    return Path(stdout.split("submission folder: ")[1].strip())
 
 
 def shell_check(script: str, where: Path) -> None:
