@@ -48,6 +48,14 @@ def split_labels(shards: Path, split: str) -> dict[str, np.ndarray]:
     return {meta["image_id"]: row for meta, row in zip(metas, labels)}
 
 
+def starter_shards(work: Path) -> Path:
+    """WORK/shards: the embedded sample at 64 px, sharded unless an earlier run already did."""
+    shards = work / "shards"
+    if not (shards / "_index.json").is_file():
+        cxrlt("shard", "starter", "--out", shards, "--max-size", 64, "--workers", 1)
+    return shards
+
+
 def score(predictions: Path, labels: dict[str, np.ndarray], targets: list[str]) -> dict[str, object]:
     table = read_predictions(predictions)
     y_true = np.stack([labels[i] for i in table.image_ids])
@@ -65,10 +73,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.3, help="filter threshold on the baseline's score")
     args = parser.parse_args()
     work = args.work.resolve()
-    shards = work / "shards"
     started = time.perf_counter()
-    if not (shards / "_index.json").is_file():
-        cxrlt("shard", "starter", "--out", shards, "--max-size", 64, "--workers", 1)
+    shards = starter_shards(work)
     train_config = ROOT / "configs" / "train-starter-tiny.toml"
     synth_config = ROOT / "configs" / "synth-demo.toml"
     common = (f"data.shards={shards}", f"schedule.epochs={args.epochs}")

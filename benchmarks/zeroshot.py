@@ -30,7 +30,7 @@ from cxrlt.data.mining import Example, write_examples
 from cxrlt.metrics import class_metrics
 from cxrlt.predictions import read_predictions
 from launch.main import main as cxrlt_main
-from synth_ablation import ROOT, cxrlt, sets, split_labels
+from synth_ablation import ROOT, cxrlt, sets, split_labels, starter_shards
 
 HELD_OUT = ("Cardiomegaly", "Effusion", "Pneumothorax")
 EVAL_SPLITS = ("dev", "test")
@@ -76,10 +76,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     work = args.work.resolve()
-    shards = work / "shards"
     started = time.perf_counter()
-    if not (shards / "_index.json").is_file():
-        cxrlt("shard", "starter", "--out", shards, "--max-size", 64, "--workers", 1)
+    shards = starter_shards(work)
     held = "[" + ",".join(f'"{c}"' for c in HELD_OUT) + "]"
     member = work / "member"
     cxrlt("train", ROOT / "configs" / "train-starter-tiny.toml", *sets(

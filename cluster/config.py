@@ -8,13 +8,12 @@ the command in the job script.
 from __future__ import annotations
 
 import datetime
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict
+from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict, read_toml
 
 SECTION = "slurm"
 
@@ -77,13 +76,7 @@ class LoadedConfig:
 
 
 def load_slurm_config(path: Path, overrides: Sequence[str] = ()) -> LoadedConfig:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    data = read_toml(path)
     ours = [o for o in overrides if o.split("=", 1)[0].strip().startswith(SECTION + ".")]
     theirs = [o for o in overrides if o not in ours]
     document = {SECTION: data.pop(SECTION, {})}

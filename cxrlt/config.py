@@ -42,15 +42,20 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     file_origin = "<defaults>"
     if path is not None:
         file_origin = str(path)
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        data = read_toml(path)
     overridden = apply_overrides(cls, data, overrides)
     return from_dict(cls, data, origin=lambda key: OVERRIDE_ORIGIN if key in overridden else file_origin)
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
 def apply_overrides(cls: type, data: dict[str, Any], overrides: Sequence[str]) -> set[str]:

@@ -12,13 +12,12 @@ predictions/{dev,test}/NAME-SIZE.csv, ensemble/ (recipe, test.csv), submission.z
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict
+from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict, read_toml
 
 
 @dataclass
@@ -128,13 +127,7 @@ class PipelineDocument:
 
 def load_pipeline(path: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
     """The [pipeline] table of `path` (a [slurm] table beside it is `cxrlt slurm`'s) with overrides."""
-    try:
-        with open(path, "rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    data = read_toml(path)
     data.pop("slurm", None)
     overridden = apply_overrides(PipelineDocument, data, overrides)
     document = from_dict(PipelineDocument, data, origin=lambda key: OVERRIDE_ORIGIN if key in overridden else str(path))
