@@ -47,15 +47,63 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return from_dict(cls, data, origin=lambda key: OVERRIDE_ORIGIN if key in overridden else file_origin)
 
 
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """A TOML file as a dict; a missing file or a syntax error is a ConfigError naming the file."""
+EXTENDS = "extends"
+
+
+def read_toml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error is a ConfigError naming the file.
+
+    A top-level `extends = "other.toml"` (relative to this file's folder) reads that file first and
+    layers this one over it, so a scaled-down recipe states only what it changes: tables merge key by
+    key, a list named `set` (ordered overrides) continues the parent's, a list of tables with a `name`
+    merges table by table by name (a name the parent lacks is an error: extending changes sizes and
+    paths, never adds steps or members), and any other value replaces the parent's.
+    """
+    path = Path(path)
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: {EXTENDS} must be a file name, got {parent!r}")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in _seen or parent_path == path.resolve():
+        raise ConfigError(f"{path}: {EXTENDS} = {parent!r} makes a cycle")
+    return _layer(read_toml(parent_path, (*_seen, path.resolve())), data, f"{path} (extends {parent})")
+
+
+def _identity(items: list[Any]) -> str | None:
+    """The key that names each table of a list of tables (members: name, submissions: task), if any."""
+    for key in ("name", "task"):
+        if items and all(isinstance(item, dict) and key in item for item in items):
+            return key
+    return None
+
+
+def _layer(base: Any, over: Any, where: str, key: str = "") -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for k, v in over.items():
+            merged[k] = _layer(base[k], v, where, f"{key}.{k}".lstrip(".")) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(over, list):
+        if key.rsplit(".", 1)[-1] == "set":
+            return [*base, *over]
+        ident = _identity(base)
+        if ident is not None and _identity(over) == ident:
+            by_name = {item[ident]: item for item in over}
+            unknown = [n for n in by_name if n not in {item[ident] for item in base}]
+            if unknown:
+                raise ConfigError(f"{where}: {key} {unknown} not in the extended file; extending may change "
+                                  "entries, not add them")  # fmt: skip
+            return [_layer(item, by_name[item[ident]], where, key) if item[ident] in by_name else item for item in base]
+    return over
 
 
 def apply_overrides(cls: type, data: dict[str, Any], overrides: Sequence[str]) -> set[str]:

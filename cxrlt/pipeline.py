@@ -6,8 +6,10 @@ and the overrides that tie them together; `make_plan` turns it into an ordered l
 is run step by step on this machine (`cxrlt pipeline`, launch/pipeline.py) or rendered as SLURM jobs
 with afterok dependencies (`cxrlt slurm pipeline`), so both run exactly the same commands.
 
-Folder layout under `out_dir`: shards/, labels/{dev,test}.csv, tune/, members/NAME/res-SIZE/, synth/,
-predictions/{dev,test}/NAME-SIZE.csv, ensemble/ (recipe, test.csv), submission.zip, report/.
+Folder layout under `out_dir`: shards/ (+ shards-study/, shards-unlabelled/), labels/SPLIT.csv, tune/,
+members/NAME/res-SIZE/, synth/, predictions/SPLIT/NAME-SIZE.csv (+ predictions/SPLIT-t3/ for the zero-shot
+classes), ensemble/ (recipe.json, SPLIT.csv), submissions/TASK.zip, report/TASK/ (one comparison per
+submission that has labels).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict, read_toml
+from cxrlt.labels import TASK_SCHEMAS
 
 
 @dataclass
@@ -29,6 +32,31 @@ class ShardStep:
     source: str = "starter"
     args: list[str] = field(default_factory=list)
     study: bool = False
+
+
+@dataclass
+class UnlabelledStep:
+    """`cxrlt shard SOURCE --out OUT/shards-unlabelled ARGS...`: an external image set (NIH, CheXpert,
+    VinDr, ...) sharded in the run's schema, whose classes it does not annotate stay unknown; members
+    with unlabelled = true (noisy students) mix it into training and let their teacher label it. Its
+    args must put every image into the train split (e.g. --split 1,0,0) and name the run's --schema."""
+
+    source: str
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Submission:
+    """One CodaLab submission: `task` (t1: 40 classes, t2: 26, t3: the 5 zero-shot classes) for images
+    of the shard split `split`. ids: the challenge's id CSV (dicom_id), default the split's label CSV
+    (OUT/labels/SPLIT.csv, every image of the split). labels: a CSV with the task's classes that scores the
+    submission in report/TASK/ (default: the split's label CSV when `ids` is not given, else none).
+    t1/t2 take the ensemble applied to the split; t3 the mean of the zero-shot members' scores."""
+
+    task: Literal["t1", "t2", "t3"]
+    split: str = "test"
+    ids: Path | None = None
+    labels: Path | None = None
 
 
 @dataclass
@@ -46,7 +74,9 @@ class Member:
     level: "study" reads the study-level shards (needs [pipeline.shard] study = true).
     init_from / teacher: an earlier member's model (NAME-SIZE) that initialises this one's backbone
     (stage.init_from: the study stage) or labels its unknowns (student.teacher: the noisy student);
-    this member then trains after that one."""
+    this member then trains after that one. unlabelled: mix [pipeline.unlabelled]'s shards into its
+    training (student.unlabelled). zero_shot: a text-query ML-Decoder member (model.head.text_queries)
+    that also scores the Task 3 classes from their names and descriptions."""
 
     name: str
     resolutions: list[int]
@@ -55,6 +85,8 @@ class Member:
     level: Literal["image", "study"] = "image"
     init_from: str = ""
     teacher: str = ""
+    unlabelled: bool = False
+    zero_shot: bool = False
 
     def __post_init__(self) -> None:
         if not self.resolutions:
@@ -99,9 +131,10 @@ class PipelineConfig:
     tracking_uri: str = ""  # default: sqlite:///OUT/mlruns.db
     dev_split: str = "dev"
     test_split: str = "test"
-    task: Literal["t1", "t2", "t3"] = "t1"
+    submissions: list[Submission] = field(default_factory=lambda: [Submission("t1")])
     tta: str = "hflip"
     shard: ShardStep = field(default_factory=ShardStep)
+    unlabelled: UnlabelledStep | None = None
     tune: TuneStep | None = None
     synth: SynthStep | None = None
     ensemble: EnsembleStep = field(default_factory=EnsembleStep)
@@ -116,6 +149,13 @@ class PipelineConfig:
             raise ValueError("a member has synthetic = true but there is no [pipeline.synth] step")
         if any(m.level == "study" for m in self.members) and not self.shard.study:
             raise ValueError("a member has level = 'study' but [pipeline.shard] study is false")
+        if any(m.unlabelled for m in self.members) and self.unlabelled is None:
+            raise ValueError("a member has unlabelled = true but there is no [pipeline.unlabelled] step")
+        tasks = [s.task for s in self.submissions]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"submissions: one per task, got {tasks}")
+        if "t3" in tasks and not any(m.zero_shot for m in self.members):
+            raise ValueError("a t3 submission needs a member with zero_shot = true (a text-query member)")
 
 
 @dataclass
@@ -187,7 +227,12 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
         study = out / "shards-study"
         argv = ["shard", cfg.shard.source, "--out", study, *cfg.shard.args, "--level", "study"]
         shard_sets["study"] = (study, plan.add("shard-study", argv, [study / "_index.json"]))
-    labels = {split: out / "labels" / f"{split}.csv" for split in (cfg.dev_split, cfg.test_split)}
+    unlabelled = out / "shards-unlabelled"
+    if cfg.unlabelled is not None:
+        u = cfg.unlabelled
+        plan.add("shard-unlabelled", ["shard", u.source, "--out", unlabelled, *u.args], [unlabelled / "_index.json"])
+    splits = list(dict.fromkeys([cfg.dev_split, cfg.test_split, *(s.split for s in cfg.submissions)]))
+    labels = {split: out / "labels" / f"{split}.csv" for split in splits}
     for split, path in labels.items():
         plan.add(f"labels-{split}", ["labels", shards, "--split", split, "--out", path], [path], [shard])
 
@@ -218,6 +263,10 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
         member_shards, sharded = shard_sets[member.level]
         init, init_after = source(member, "init_from")
         teacher, teacher_after = source(member, "teacher")
+        if member.unlabelled:
+            extra, after = [*extra, f"student.unlabelled={unlabelled}"], [*after, "shard-unlabelled"]
+        if member.zero_shot:
+            extra = [*extra, "model.head.name=ml_decoder", "model.head.text_queries=true"]
         overrides = [f"data.shards={member_shards}", *cfg.train.set, f"run.out_dir={run_dir}",
                      f"resolutions={list(member.resolutions)}", *init, *teacher, *extra, *member.set]  # fmt: skip
         done = [model_file(cfg, member, size) for size in member.resolutions]
@@ -230,6 +279,7 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
     for m in cfg.members:
         if not m.synthetic:
             train(m, [], base_after)
+    synth_report = None
     if cfg.synth is not None:
         s = cfg.synth
         if s.filter_member not in runs or runs[s.filter_member][0].name not in trained:
@@ -244,45 +294,83 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
         synthetic = synth_dir / "synthetic"
         sampled = plan.add("synth-sample", ["synth", "sample", s.config, *sample_sets], [synthetic / "_index.json"],
                            [synth_train, trained[runs[s.filter_member][0].name]], heavy=True)  # fmt: skip
-        plan.add("synth-report", ["synth", "report", s.config, *sample_sets], [synth_dir / "report" / "report.html"],
+        synth_report = synth_dir / "report"
+        plan.add("synth-report", ["synth", "report", s.config, *sample_sets], [synth_report / "report.html"],
                  [sampled])  # fmt: skip
         mix = [f"data.synthetic={synthetic}", f"data.synthetic_ratio={s.synthetic_ratio}"]
         for m in cfg.members:
             if m.synthetic:
                 train(m, mix, [*base_after, sampled])
 
-    predictions: dict[str, list[Path]] = {split: [] for split in labels}
-    predicted = []
+    predictions: dict[str, list[Path]] = {split: [] for split in splits}
+    zero_shot: dict[str, list[Path]] = {split: [] for split in splits}
+    t3_splits = {sub.split for sub in cfg.submissions if sub.task == "t3"}
     for name, member, size in member_runs(cfg):
-        for split in labels:
+        common = [model_file(cfg, member, size), "--shards", shard_sets[member.level][0], "--tta", cfg.tta, "--name", name]
+        for split in splits:
             path = out / "predictions" / split / f"{name}.csv"
             predictions[split].append(path)
-            argv = ["predict", model_file(cfg, member, size), "--shards", shard_sets[member.level][0], "--split", split, "--out", path,
-                    "--tta", cfg.tta, "--name", name]  # fmt: skip
-            predicted.append(plan.add(f"predict-{name}-{split}", argv, [path], [trained[member.name]]))
+            plan.add(f"predict-{name}-{split}", ["predict", *common, "--split", split, "--out", path], [path],
+                     [trained[member.name]])  # fmt: skip
+            if member.zero_shot and split in t3_splits:
+                # A separate file: the ensemble's members must share one class set (the task 1 classes).
+                t3 = out / "predictions" / f"{split}-t3" / f"{name}.csv"
+                zero_shot[split].append(t3)
+                argv = ["predict", *common, "--split", split, "--out", t3, "--classes", ",".join(TASK_SCHEMAS["t3"].classes),
+                        "--descriptions", TASK_SCHEMAS["t3"].name]  # fmt: skip
+                plan.add(f"predict-{name}-{split}-t3", argv, [t3], [trained[member.name]])
 
     ensemble_dir = out / "ensemble"
     config = ["--config", cfg.ensemble.config] if cfg.ensemble.config is not None else []
     recipe = ensemble_dir / "recipe.json"
-    built = plan.add("ensemble-build", ["ensemble", "build", "--predictions", *predictions[cfg.dev_split],
-                                        "--labels", labels[cfg.dev_split], *config, *_sets(cfg.ensemble.set),
-                                        "--out", ensemble_dir], [recipe],
-                     [*predicted, f"labels-{cfg.dev_split}"], heavy=True)  # fmt: skip
-    test_ensemble = ensemble_dir / f"{cfg.test_split}.csv"
-    applied = plan.add("ensemble-apply", ["ensemble", "apply", "--recipe", recipe, "--predictions",
-                                          *predictions[cfg.test_split], "--out", test_ensemble],
-                       [test_ensemble], [built])  # fmt: skip
-    submission = out / "submission.zip"
-    plan.add("submit", ["submit", "write", "--task", cfg.task, "--ids", labels[cfg.test_split], "--predictions",
-                        test_ensemble, "--out", submission], [submission], [applied, f"labels-{cfg.test_split}"])  # fmt: skip
-    report = out / "report"
-    images = []
-    if cfg.synth is not None:
-        synth_report = out / "synth" / "report"
-        images = ["--image", f"Synthetic tail-class samples (kept by the filter)={synth_report / 'samples.png'}",
-                  "--image", f"Train positives, real vs real + synthetic={synth_report / 'counts.png'}"]
-    plan.add("report", ["ensemble", "compare", "--members", *predictions[cfg.test_split], "--ensemble", test_ensemble,
-                        "--labels", labels[cfg.test_split], "--recipe", recipe, *images, "--title",
-                        f"{cfg.name or out.name}: members and ensemble on the {cfg.test_split} split", "--out", report],
-             [report / "index.html"], [applied, f"labels-{cfg.test_split}", *(["synth-report"] if cfg.synth else [])])  # fmt: skip
+    dev = cfg.dev_split
+    built = plan.add("ensemble-build", ["ensemble", "build", "--predictions", *predictions[dev], "--labels", labels[dev],
+                                        *config, *_sets(cfg.ensemble.set), "--out", ensemble_dir], [recipe],
+                     [*(f"predict-{n}-{dev}" for n, _, _ in member_runs(cfg)), f"labels-{dev}"], heavy=True)  # fmt: skip
+    applied: dict[str, Path] = {}
+    for split in dict.fromkeys([cfg.test_split, *(sub.split for sub in cfg.submissions if sub.task != "t3")]):
+        applied[split] = ensemble_dir / f"{split}.csv"
+        # The views CSV lets a recipe whose search chose frontal-weighted view pooling apply to any split.
+        plan.add(f"ensemble-apply-{split}", ["ensemble", "apply", "--recipe", recipe, "--predictions",
+                                             *predictions[split], "--views", labels[split], "--out", applied[split]],
+                 [applied[split]], [built, f"labels-{split}", *(f"predict-{n}-{split}" for n, _, _ in member_runs(cfg))])  # fmt: skip
+
+    for sub in cfg.submissions:
+        ids = sub.ids if sub.ids is not None else labels[sub.split]
+        zip_path = submission_file(cfg, sub)
+        if sub.task == "t3":
+            scores = zero_shot[sub.split]
+            scored_after = [f"predict-{p.stem}-{sub.split}-t3" for p in scores]
+        else:
+            scores, scored_after = [applied[sub.split]], [f"ensemble-apply-{sub.split}"]
+        plan.add(f"submit-{sub.task}", ["submit", "write", "--task", sub.task, "--ids", ids, "--predictions", *scores,
+                                        "--out", zip_path], [zip_path], [*scored_after, f"labels-{sub.split}"])  # fmt: skip
+        truth = sub.labels if sub.labels is not None else (labels[sub.split] if sub.ids is None else None)
+        if truth is None:
+            continue
+        report = report_dir(cfg, sub)
+        if sub.task == "t3":
+            compared = ["--members", *scores]
+        else:
+            compared = ["--members", *predictions[sub.split], "--ensemble", applied[sub.split], "--recipe", recipe]
+        images = []
+        if synth_report is not None and sub.task == "t1":
+            images = ["--image", f"Synthetic tail-class samples (kept by the filter)={synth_report / 'samples.png'}",
+                      "--image", f"Train positives, real vs real + synthetic={synth_report / 'counts.png'}"]  # fmt: skip
+        title = f"{cfg.name or out.name}, {TASK_TITLES[sub.task]}: {'zero-shot members' if sub.task == 't3' else 'members and ensemble'} on the {sub.split} split"
+        plan.add(f"report-{sub.task}", ["ensemble", "compare", "--task", sub.task, *compared, "--labels", truth, *images,
+                                        "--title", title, "--out", report], [report / "index.html"],
+                 [*scored_after, f"labels-{sub.split}", *(f"predict-{n}-{sub.split}" for n, _, _ in member_runs(cfg)),
+                  *(["synth-report"] if images else [])])  # fmt: skip
     return plan.steps
+
+
+TASK_TITLES = {"t1": "Task 1 (40 findings)", "t2": "Task 2 (26 findings, gold labels)", "t3": "Task 3 (zero-shot)"}
+
+
+def submission_file(cfg: PipelineConfig, sub: Submission) -> Path:
+    return cfg.out_dir / "submissions" / f"{sub.task}.zip"
+
+
+def report_dir(cfg: PipelineConfig, sub: Submission) -> Path:
+    return cfg.out_dir / "report" / sub.task

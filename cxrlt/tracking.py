@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 # import mlflow: only rank 0 logs, and the other ranks (and GPU nodes without mlflow) never need it.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_RUN_NAME = "mlflow.runName"
+# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds model training;
+# with it, the link a command prints lands on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 # MLflow rejects param values above this length; configs longer than this go in as artifacts.
 MAX_PARAM_LENGTH = 6000
 # Set by `cxrlt pipeline` (and its SLURM jobs) for the commands it runs: each command's top-level run
@@ -110,9 +114,11 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older cxrlt or by hand
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return found.experiment_id
         location = None if self.artifact_root is None else (self.artifact_root / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
 
     @contextlib.contextmanager
     def run(

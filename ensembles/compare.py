@@ -28,9 +28,10 @@ import pandas as pd
 
 from cxrlt.atomic import write_bytes_atomic, write_text_atomic
 from cxrlt.errors import InputError
-from cxrlt.labels import GROUPS, get_schema
+from cxrlt.labels import GROUPS, TASK_SCHEMAS, get_schema
 from cxrlt.metrics import Evaluation, evaluate
 from cxrlt.predictions import Predictions, read_predictions
+from cxrlt.tables import read_csv_strings, resolve_id_column, unique_ids
 from ensembles.combiners import make_combiner
 from ensembles.plots import pr_plot, reliability_plot, save_png, weights_plot
 from ensembles.recipe import Recipe
@@ -282,13 +283,15 @@ def write_comparison(
     recipe: str | os.PathLike | None = None,
     images: Mapping[str, str | os.PathLike] | None = None,
     title: str = DEFAULT_TITLE,
+    task: str | None = None,
 ) -> Comparison:
     """Score every member (and the ensemble) on the labelled split and write the report into `out_dir`.
 
     members/ensemble: prediction files (cxrlt.predictions) with the same classes, schema and images.
     labels: label CSV (dicom_id or image_id, subject_id, classes with 1/0/-1/blank) with a row for every
     predicted image. recipe: recipe.json whose combiner weights are drawn as a heat-map. images: title ->
-    PNG to copy into the report (e.g. a grid of synthetic samples).
+    PNG to copy into the report (e.g. a grid of synthetic samples). task: score only that CXR-LT task's
+    classes (t1, t2, t3), on the predicted images the label CSV lists (the files may hold more of both).
     """
     if not members:
         raise InputError("no member prediction files given")
@@ -307,9 +310,22 @@ def write_comparison(
     names = _unique_names(loaded[: len(members)]) + ([ENSEMBLE] if ensemble is not None else [])
     probs = dict(zip(names, _align(loaded), strict=True))
     first = loaded[0]
-    classes = list(first.meta.classes)
-    label_table = load_labels(labels, first.image_ids, classes).labels
-    groups = get_schema(first.meta.schema).groups()
+    classes, schema, image_ids = list(first.meta.classes), first.meta.schema, first.image_ids
+    if task is not None:
+        # A task scores its own classes on the images its label file lists (Task 2: a gold subset).
+        classes, schema = list(TASK_SCHEMAS[task].classes), TASK_SCHEMAS[task].name
+        missing = [c for c in classes if c not in first.meta.classes]
+        if missing:
+            raise InputError(f"{first.path}: no column for task {task} class(es) {missing}")
+        frame = read_csv_strings(labels)
+        rows = np.flatnonzero(np.isin(image_ids.astype(str), unique_ids(frame, resolve_id_column(None, (frame, labels)), labels)))
+        if rows.size == 0:
+            raise InputError(f"{labels}: none of its ids is among the {image_ids.size} predicted images")
+        columns = [first.meta.classes.index(c) for c in classes]
+        probs = {name: p[np.ix_(rows, columns)] for name, p in probs.items()}
+        image_ids = image_ids[rows]
+    label_table = load_labels(labels, image_ids, classes).labels
+    groups = get_schema(schema).groups()
     models = {name: evaluate(label_table, p, classes, groups) for name, p in probs.items()}
     reference = models[names[0]]
     excluded = dict(reference.excluded)
@@ -320,9 +336,9 @@ def write_comparison(
     comparison = Comparison(
         out_dir=out_dir,
         index=index,
-        schema=first.meta.schema,
+        schema=schema,
         split=first.meta.split,
-        n_images=int(first.image_ids.size),
+        n_images=int(image_ids.size),
         classes_scored=scored,
         classes_excluded=excluded,
         prevalence={row.name: row.prevalence for row in reference.per_class},

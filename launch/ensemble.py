@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--recipe", type=Path, help="recipe.json whose member weights to draw")
     compare.add_argument("--image", dest="images", action="append", default=[], type=_titled_image,
                          metavar="TITLE=PATH", help="an extra PNG to show under TITLE (repeatable)")  # fmt: skip
+    compare.add_argument("--task", choices=["t1", "t2", "t3"],
+                         help="score only this CXR-LT task's classes, on the images the label CSV lists")  # fmt: skip
     compare.add_argument("--title", default=None, help="page title")
     compare.add_argument("--out", required=True, type=Path, help="report folder")
     compare.set_defaults(run=run_compare)
@@ -104,7 +106,7 @@ def run_compare(args: argparse.Namespace) -> int:
     console = make_console()
     result = write_comparison(
         args.members, args.labels, args.out, ensemble=args.ensemble, recipe=args.recipe,
-        images=dict(args.images), title=args.title or DEFAULT_TITLE,
+        images=dict(args.images), title=args.title or DEFAULT_TITLE, task=args.task,
     )  # fmt: skip
     summary = result.summary()
     columns = [k for k in COLUMNS if any(row[k] is not None for row in summary.values())]

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from cxrlt.errors import InputError
-    from cxrlt.pipeline import load_pipeline, make_plan
+    from cxrlt.pipeline import TASK_TITLES, load_pipeline, make_plan, submission_file
     from cxrlt.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, sqlite_uri
     from launch.console import make_console
 
@@ -140,10 +140,11 @@ def run(args: argparse.Namespace) -> int:
                 rebuilt.add(step.name)
                 timings[step.name] = ("ran", seconds)
         wall = time.monotonic() - started
-        summary = _summarise(cfg.out_dir)
+        reports = _write_report_index(cfg, name)
+        summary = _summarise(reports)
         parent.log_metrics({**summary, "wall_seconds": wall})
         parent.log_params({"config": str(args.config), "steps": len(steps)})
-        for path in (cfg.out_dir / STATE_FILE, cfg.out_dir / "submission.zip", args.config):
+        for path in (cfg.out_dir / STATE_FILE, args.config, *(submission_file(cfg, s) for s in cfg.submissions)):
             parent.log_artifact(path)
         if parent.client is not None:
             parent.client.log_artifacts(parent.run_id, str(cfg.out_dir / "report"), "report")
@@ -152,23 +153,64 @@ def run(args: argparse.Namespace) -> int:
     for step_name, (what, seconds) in timings.items():
         table.add_row(step_name, what, f"{seconds:.0f}")
     console.print(table)
-    figures = Table("model", "test mAP", "test mAUROC", title="held-out test split")
-    for key in sorted(k for k in summary if k.endswith("/mAP")):
-        model = key.removesuffix("/mAP")
-        figures.add_row(model, f"{summary[key]:.4f}", f"{summary.get(model + '/mAUROC', float('nan')):.4f}")
-    console.print(figures)
-    console.print(f"report: {cfg.out_dir / 'report' / 'index.html'}")
-    console.print(f"submission: {cfg.out_dir / 'submission.zip'}")
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    for task, metrics in reports.items():
+        figures = Table("model", "mAP", "mAUROC", title=f"{TASK_TITLES[task]}: {metrics['split']} split, "
+                        f"{len(metrics['classes_scored'])} classes scored")  # fmt: skip
+        figures.add_row("prevalence baseline", f"{metrics['prevalence_mAP']:.4f}", "0.5000")
+        for model, values in metrics["models"].items():
+            figures.add_row(model, *(_figure(values.get(k)) for k in ("mAP", "mAUROC")))
+        console.print(figures)
+    console.print(f"report: {cfg.out_dir / 'report' / 'index.html'}", markup=False, soft_wrap=True)
+    for sub in cfg.submissions:
+        console.print(f"submission {sub.task}: {submission_file(cfg, sub)}", markup=False, soft_wrap=True)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000", markup=False)
     return 0
 
 
-def _summarise(out_dir: Path) -> dict[str, float]:
-    """Test figures of every model and the prevalence baseline, from the report's metrics.json."""
-    metrics = json.loads((out_dir / "report" / "metrics.json").read_text())
-    summary = {"prevalence/mAP": float(metrics["prevalence_mAP"])}
-    for model, values in metrics["models"].items():
-        for key in ("mAP", "mAUROC"):
-            if values.get(key) is not None:
-                summary[f"{model}/{key}"] = float(values[key])
+def _write_report_index(cfg, name: str) -> dict[str, dict[str, Any]]:
+    """OUT/report/index.html: one section per task report (report/TASK/), with its figures table; returns
+    each task's metrics.json."""
+    import html
+
+    from cxrlt.atomic import write_text_atomic
+    from cxrlt.pipeline import TASK_TITLES, report_dir, submission_file
+
+    reports, sections = {}, []
+    for sub in cfg.submissions:
+        folder = report_dir(cfg, sub)
+        submission = submission_file(cfg, sub).relative_to(cfg.out_dir)
+        if not (folder / "metrics.json").is_file():
+            sections.append(f"<h2>{TASK_TITLES[sub.task]}</h2><p>Submission <code>{submission}</code>; no labels to "
+                            "score it here.</p>")  # fmt: skip
+            continue
+        metrics = reports[sub.task] = json.loads((folder / "metrics.json").read_text())
+        rows = "".join(
+            f"<tr><td>{html.escape(model)}</td><td>{_figure(values.get('mAP'))}</td><td>{_figure(values.get('mAUROC'))}</td></tr>"
+            for model, values in metrics["models"].items()
+        )
+        sections.append(
+            f"<h2>{TASK_TITLES[sub.task]}</h2><p>{metrics['split']} split, {len(metrics['classes_scored'])} classes "
+            f"scored; submission <code>{submission}</code>; <a href='{sub.task}/index.html'>full report</a>.</p>"
+            f"<table border=1 cellpadding=4><tr><th>model</th><th>mAP</th><th>mAUROC</th></tr>"
+            f"<tr><td>prevalence baseline</td><td>{metrics['prevalence_mAP']:.4f}</td><td>0.5000</td></tr>{rows}</table>"
+        )
+    page = f"<html><head><title>{html.escape(name)}</title></head><body><h1>{html.escape(name)}</h1>{''.join(sections)}</body></html>"
+    (cfg.out_dir / "report").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.out_dir / "report" / "index.html", page + "\n")
+    return reports
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _summarise(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Every task's figures per model and the prevalence baseline, as MLflow metric names TASK/MODEL/METRIC."""
+    summary = {}
+    for task, metrics in reports.items():
+        summary[f"{task}/prevalence/mAP"] = float(metrics["prevalence_mAP"])
+        for model, values in metrics["models"].items():
+            for key in ("mAP", "mAUROC"):
+                if values.get(key) is not None:
+                    summary[f"{task}/{model}/{key}"] = float(values[key])
     return summary
