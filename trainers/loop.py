@@ -255,6 +255,10 @@ def train_member(
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
                 save_checkpoint()
         progress.close()
+        filled = {}
+        if pseudo is not None:
+            rate = distributed.mean_over_ranks(torch.tensor(pseudo.take_fill_rate(), dtype=torch.float64, device=ctx.device))
+            filled = {"train_pseudo_filled": float(rate)}
 
         outputs = predict_split(engine.module if ema is None else ema.module, make_loader(eval_reader, cfg.data.num_workers), level, ctx.device, autocast=bf16)
         decision = None
@@ -264,8 +268,10 @@ def train_member(
         metrics, is_best, stop_early = distributed.broadcast_from_main(decision)
         state.epoch += 1
         state.step_in_epoch = 0
-        state.history.append({"epoch": state.epoch, "step": state.global_step, **metrics})
+        state.history.append({"epoch": state.epoch, "step": state.global_step, **metrics, **filled})
         tracker_run.log_metrics({f"dev/{k}": v for k, v in metrics.items() if math.isfinite(v)}, state.global_step)
+        if filled:
+            tracker_run.log_metrics({"train/pseudo_filled": filled["train_pseudo_filled"]}, state.global_step)
         if is_best:
             state.best_score, state.best_epoch, state.bad_epochs = metrics[cfg.schedule.monitor], state.epoch, 0
             save_models("best.pt", metrics)

@@ -29,6 +29,10 @@ class PseudoLabels:
         self.probs = probs.astype(np.float32)
         self.table = torch.from_numpy((self.probs >= threshold).astype(np.float32) if hard else self.probs)
         self.classes = tuple(classes)
+        # Target entries the teacher filled, and all entries seen, since the last `take_fill_rate`: the
+        # evidence that pseudo-labels change what the student learns. A tensor sum, so no GPU sync per step.
+        self._filled: torch.Tensor | int = 0
+        self._entries = 0
 
     def fill(self, ids: Sequence[str], targets: torch.Tensor) -> torch.Tensor:
         """`targets` (B, K) with each unknown entry replaced by the teacher's value for that sample."""
@@ -36,7 +40,15 @@ class PseudoLabels:
         known_rows = torch.tensor([r >= 0 for r in rows], device=targets.device)
         teacher = self.table[[max(r, 0) for r in rows]].to(targets.device, targets.dtype)
         use = (targets < 0) & known_rows[:, None]
+        self._filled = use.sum() + self._filled
+        self._entries += use.numel()
         return torch.where(use, teacher, targets)
+
+    def take_fill_rate(self) -> float:
+        """The share of target entries filled since the last call (0 before any), and restart counting."""
+        rate = float(self._filled) / self._entries if self._entries else 0.0
+        self._filled, self._entries = 0, 0
+        return rate
 
     def save(self, path: Path) -> Path:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -93,6 +93,8 @@ def test_pseudo_labels_fill_only_unknown_entries_and_round_trip(tmp_path):
     targets = torch.tensor([[-1.0, 1.0], [0.0, -1.0], [-1.0, -1.0]])
     filled = pseudo.fill(["y", "x", "unseen"], targets)
     assert np.allclose(filled.numpy(), [[0.4, 1.0], [0.0, 0.2], [-1.0, -1.0]])
+    # 2 of the 6 entries were unknown for a sample the teacher scored; the count restarts once read.
+    assert pseudo.take_fill_rate() == pytest.approx(2 / 6) and pseudo.take_fill_rate() == 0.0
     pseudo.save(tmp_path / "p.npz")
     hard = load_pseudo_labels(tmp_path / "p.npz", ["A", "B"], hard=True, threshold=0.5)
     assert hard.fill(["x"], torch.full((1, 2), -1.0)).tolist() == [[1.0, 0.0]]
