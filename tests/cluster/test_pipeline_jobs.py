@@ -30,7 +30,6 @@ def pipeline_toml(out: Path, job_dir: Path) -> str:
 out_dir = "{out}"
 name = "slurm-pipeline"
 experiment = "{EXPERIMENT}"
-task = "t1"
 tta = "hflip"
 
 [pipeline.shard]
@@ -96,7 +95,7 @@ def test_pipeline_runs_as_one_job_per_step(slurm: LocalSlurm, tmp_path: Path) ->
     assert list(jobs) == [s.name for s in plan] and len(plan) == 13, done.stdout
 
     # `cxrlt slurm status JOB` finds the submission of any of its jobs and lists every step.
-    status = cxrlt("slurm", "status", jobs["report"], "--json", cwd=tmp_path)
+    status = cxrlt("slurm", "status", jobs["report-t1"], "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert [(t["step"], t["job_id"]) for t in json.loads(status.stdout)["tasks"]] == list(jobs.items())
 
@@ -112,9 +111,10 @@ def test_pipeline_runs_as_one_job_per_step(slurm: LocalSlurm, tmp_path: Path) ->
     why = f"{chain}\n{diagnosis(slurm, *logs())}"
     assert all(ended[job]["JobState"] == "COMPLETED" for job in jobs.values()), why
 
-    assert (out / "report" / "index.html").is_file() and (out / "submission.zip").is_file(), why
+    submission = out / "submissions" / "t1.zip"
+    assert (out / "report" / "t1" / "index.html").is_file() and submission.is_file(), why
     ids = out / "labels" / "test.csv"
-    validated = cxrlt("submit", "validate", "--task", "t1", "--ids", ids, out / "submission.zip")
+    validated = cxrlt("submit", "validate", "--task", "t1", "--ids", ids, submission)
     assert validated.returncode == 0, validated.stdout + validated.stderr
 
     # One parent run, created at submission; the members' training runs and the ensemble search under it.

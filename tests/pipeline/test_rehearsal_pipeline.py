@@ -1,0 +1,145 @@
+"""The real recipe end to end at its smallest size: `cxrlt rehearsal make` writes a MIMIC-CXR-LT-shaped tree
+from the embedded images, and `cxrlt pipeline` runs configs/rehearsal.toml (configs/mimic-cxr-lt-2024.toml
+with sizes and paths changed) extended once more only to shrink epochs, trials and samples. Every step is
+the real command: DeepSpeed members (ML-Decoder image members, the study member with indication and
+vitals, the noisy student on the external NIH set, the text-query member), Ray Tune, diffusers, the Ray
+ensemble search, and three submissions. A rerun reuses every step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt.pipeline import load_pipeline, make_plan
+from tests.cli import CXRLT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Sizes only: one resolution per member, a few steps per epoch, two trials, a few diffusion steps.
+SMALLEST = f"""extends = "{ROOT / 'configs' / 'rehearsal.toml'}"
+
+[pipeline.tune]
+set = ["tune.num_samples=2", "train.schedule.epochs=1", "train.data.steps_per_epoch=2"]
+
+[pipeline.train]
+nproc = 1
+set = ["schedule.epochs=1", "data.steps_per_epoch=3"]
+
+[[pipeline.members]]
+name = "convnext-s"
+resolutions = [64]
+
+[[pipeline.members]]
+name = "effnetv2-s"
+resolutions = [64]
+
+[[pipeline.members]]
+name = "study-convnext-s"
+set = ["schedule.epochs=1"]
+
+[[pipeline.members]]
+name = "student-convnext-s"
+set = ["schedule.epochs=1"]
+
+[pipeline.synth]
+set = ["train.steps=8", "sample.per_class=4", "sample.ddim_steps=4", "report.folds=2"]
+
+[pipeline.ensemble]
+set = ["search.samples=2", "folds=3"]
+"""
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CXRLT), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory) -> dict:
+    """The rehearsal recipe run once in a folder of its own (its relative paths resolve there)."""
+    work = tmp_path_factory.mktemp("rehearsal")
+    (work / "configs").symlink_to(ROOT / "configs")  # the recipes name their step configs as configs/...
+    made = _run(["rehearsal", "make", "--out", "runs/rehearsal-data", "--images", "240", "--quiet"], work)
+    assert made.returncode == 0, made.stdout + made.stderr
+    (work / "smallest.toml").write_text(SMALLEST)
+    first = _run(["pipeline", "smallest.toml"], work)
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-6000:]
+    return {"work": work, "out": work / "runs" / "rehearsal", "data": work / "runs" / "rehearsal-data", "first": first}
+
+
+def test_three_submissions_validate_and_cover_every_id(rehearsal: dict) -> None:
+    out, data = rehearsal["out"], rehearsal["data"] / "cxr-lt-2024"
+    id_files = {"t1": "test_labeled_task1.csv", "t2": "development_labeled_task2.csv", "t3": "development_task3.csv"}
+    for task, name in id_files.items():
+        checked = _run(["submit", "validate", "--task", task, "--ids", data / name, out / "submissions" / f"{task}.zip"], ROOT)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        with zipfile.ZipFile(out / "submissions" / f"{task}.zip") as archive:
+            submitted = pd.read_csv(archive.open("submission.csv"), dtype={"dicom_id": str})
+        assert sorted(submitted["dicom_id"]) == sorted(pd.read_csv(data / name, dtype=str)["dicom_id"])
+
+
+def test_study_members_predict_every_image_of_long_studies(rehearsal: dict) -> None:
+    test = pd.read_csv(rehearsal["data"] / "cxr-lt-2024" / "test_labeled_task1.csv", dtype=str)
+    sizes = test.groupby("study_id")["dicom_id"].transform("size")
+    long_studies = test[sizes >= 5]
+    assert set(sizes[sizes >= 5]) == {5, 6}  # the rehearsal puts studies of 5 and 6 images in every split
+    predicted = pd.read_csv(rehearsal["out"] / "predictions" / "test" / "study-convnext-s-64.csv", dtype=str)
+    assert set(long_studies["dicom_id"]) <= set(predicted["image_id"])
+    assert len(predicted) == len(test)
+
+
+def test_the_ensemble_is_applied_with_views_and_every_task_is_reported(rehearsal: dict) -> None:
+    out = rehearsal["out"]
+    state = json.loads((out / "pipeline.json").read_text())
+    for split in ("dev", "test"):
+        argv = state["steps"][f"ensemble-apply-{split}"]["argv"]
+        assert argv[argv.index("--views") + 1] == str(out / "labels" / f"{split}.csv")
+    for task, classes in (("t1", 40), ("t2", 26), ("t3", 5)):
+        metrics = json.loads((out / "report" / task / "metrics.json").read_text())
+        assert 0 < len(metrics["classes_scored"]) <= classes and 0 < metrics["prevalence_mAP"] < 1
+        assert all(0 <= m["mAP"] <= 1 for m in metrics["models"].values())
+        if task != "t3":
+            assert "ensemble" in metrics["models"] and len(metrics["models"]) == 1 + 7
+    index = (out / "report" / "index.html").read_text()
+    assert all(f"{t}/index.html" in index for t in ("t1", "t2", "t3"))
+
+
+def test_pseudo_labels_changed_the_students_targets(rehearsal: dict) -> None:
+    out = rehearsal["out"]
+    student = out / "members" / "student-convnext-s" / "res-64"
+    assert len(list(student.glob("student-*/pseudo_labels.npz"))) == 2
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    rounds = [r for r in runs if "/student-" in r.data.tags.get("mlflow.runName", "")]
+    assert len(rounds) == 2, [r.data.tags.get("mlflow.runName") for r in runs]
+    for run in rounds:
+        # The share of target entries the teacher filled: the external NIH images leave 25 of 40 classes
+        # unknown, and the CXR-LT rows none, so with half of each batch external it is well above zero.
+        filled = [m.value for m in client.get_metric_history(run.info.run_id, "train/pseudo_filled")]
+        assert filled and all(v > 0.1 for v in filled), filled
+
+
+def test_one_mlflow_parent_in_a_model_training_experiment_and_a_rerun_reuses_every_step(rehearsal: dict) -> None:
+    work, out = rehearsal["work"], rehearsal["out"]
+    state = json.loads((out / "pipeline.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    parent = client.get_run(state["run_id"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.info.status == "FINISHED" and "t1/ensemble/mAP" in parent.data.metrics
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    names = {c.data.tags.get("mlflow.runName", "") for c in children}
+    assert {"convnext-s", "study-convnext-s", "student-convnext-s", "textquery-convnext-s", "tune"} <= names, names
+    steps = make_plan(load_pipeline(work / "smallest.toml"))
+    assert len(state["steps"]) == len(steps)
+
+    again = _run(["pipeline", "smallest.toml"], work)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert again.stdout.count("done earlier, reused") == len(steps)
+    assert json.loads((out / "pipeline.json").read_text())["run_id"] == state["run_id"]
