@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "launch.schemas",
     "launch.shard",
     "launch.labels",
+    "launch.rehearsal",
     "launch.evaluate",
     "launch.submit",
     "launch.ensemble",

@@ -6,10 +6,6 @@
 - images, writer: decode/resize/encode and the resumable parallel shard writer
 - partition, samplers, transforms, decoding, readers: the training and evaluation readers and the
   batch contract (documented in decoding) that the trainer consumes
+- rehearsal*: the MIMIC-CXR-LT-shaped rehearsal set made from the embedded images (`cxrlt rehearsal make`)
+Nothing is imported here, so a command that needs only a table reader does not pay for torch.
 """
-
-from cxrlt.data.readers import EvalReader, ReaderConfig, TrainReader, make_loader
-from cxrlt.data.shardset import ShardIndex, read_index
-from cxrlt.data.transforms import TransformConfig
-
-__all__ = ["EvalReader", "ReaderConfig", "ShardIndex", "TrainReader", "TransformConfig", "make_loader", "read_index"]

@@ -18,8 +18,12 @@ from cxrlt.data.records import read_table
 from cxrlt.data.shardset import VITALS
 from cxrlt.tables import require_columns
 
+# The indication goes by several headers in MIMIC-CXR (mimic-formats.md): INDICATION, HISTORY, CLINICAL
+# INFORMATION, REASON FOR EXAMINATION; the first such section of a report is its indication.
 _SECTION = re.compile(
-    r"^[ \t]*(?:CLINICAL[ \t]+)?INDICATIONS?[ \t]*:(?P<body>.*?)(?=^[ \t]*[A-Z][A-Z &/()-]{2,}:|\Z)",
+    r"^[ \t]*(?:(?:CLINICAL[ \t]+)?(?:INDICATIONS?|HISTORY)|CLINICAL[ \t]+INFORMATION"
+    r"|REASON[ \t]+FOR[ \t]+(?:THIS[ \t]+)?EXAM(?:INATION)?)"
+    r"[ \t]*:(?P<body>.*?)(?=^[ \t]*[A-Z][A-Z &/()-]{2,}:|\Z)",
     re.MULTILINE | re.DOTALL,
 )
 STAY_COLUMNS = ("subject_id", "stay_id", "intime", "outtime")
@@ -27,7 +31,7 @@ TRIAGE_COLUMNS = ("subject_id", "stay_id", *VITALS)
 
 
 def extract_indication(report: str) -> str | None:
-    """The INDICATION section of a report with whitespace collapsed, or None when absent or empty."""
+    """The INDICATION (or HISTORY, ...) section of a report, whitespace collapsed; None when absent or empty."""
     match = _SECTION.search(report)
     if match is None:
         return None
