@@ -35,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--columns", action="append", default=[], metavar="FIELD=COLUMN", help="csv column map")
     p.add_argument("--label-columns", help="csv: comma-separated label columns (default: the schema's names)")
     p.add_argument("--level", choices=("image", "study"), default="image")
-    p.add_argument("--max-views", type=int, default=4)
+    p.add_argument(
+        "--max-views", type=int, default=0,
+        help="study level: store at most this many views per study, frontal first (the rest are counted as "
+        "views_dropped in _index.json); default 0 stores every view, which predictions need to cover every image",
+    )  # fmt: skip
     p.add_argument("--max-size", type=int, default=512, help="long side of stored images, pixels")
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")

@@ -39,7 +39,9 @@ class DataConfig:
     """batch_size is per rank and per micro-step; steps_per_epoch counts micro-steps per rank (None:
     one pass over the train split's samples across all ranks). unknown_classes: classes whose labels
     are set unknown (-1) in every training batch and in validation, e.g. held out for zero-shot
-    evaluation: the run never sees one of their labels."""
+    evaluation: the run never sees one of their labels. max_views: view slots per study item (study
+    level, at most model.study.max_views); training draws a random subset of a larger study each time,
+    validation scores it in view chunks (cxrlt.data.decoding)."""
 
     shards: Path | None = None
     train_split: str = "train"

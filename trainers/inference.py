@@ -5,6 +5,11 @@ EvalReader, runs the model (with test-time augmentation when asked), and rank 0 
 sorts them by the sample's position in the split, so the result does not depend on the rank count.
 Test-time augmentation averages the sigmoid probabilities over the original image, its horizontal flip
 and rescaled copies.
+
+A study with more views than the model's slots arrives as several items (view chunks with the same
+`index`, cxrlt.data.decoding); each rank merges them into one row per study before the gather (a
+sample's chunks are always read by one rank), averaging the chunks' probabilities in chunk order, and
+the study's image ids become all its views in stored order, so every image gets a prediction row.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ class SplitOutputs:
     index: np.ndarray
     ids: list[str]
     study_ids: list[str]
-    image_ids: list[list[str]]  # per sample: its image ids (one at image level, the real views at study level)
+    image_ids: list[list[str]]  # per sample: its image ids (one at image level, every view at study level)
     labels: np.ndarray  # (N, K) float32 with -1 unknown
     probs: np.ndarray  # (N, K) float32
 
@@ -100,11 +105,12 @@ def predict_split(
     """Run `model` (eval mode) over this rank's `batches`; rank 0 gets the whole split, others None."""
     was_training = model.training
     model.eval()
-    index, ids, study_ids, image_ids, labels, probs = [], [], [], [], [], []
+    index, ids, study_ids, image_ids, labels, probs, chunks = [], [], [], [], [], [], []
     for batch in batches:
         probs.append(_probabilities(model, batch, level, device, tta, autocast).cpu().numpy())
         labels.append(batch["labels"].numpy())
         index.append(batch["index"].numpy())
+        chunks.append(batch["chunk"].numpy() if "chunk" in batch else np.zeros(len(batch["index"]), dtype=np.int64))
         ids += batch["id"]
         study_ids += batch["study_id"]
         if level == "image":
@@ -112,9 +118,11 @@ def predict_split(
         else:
             image_ids += [[i for i, on in zip(views, mask) if on] for views, mask in zip(batch["image_ids"], batch["view_mask"].tolist())]
         if progress is not None:
-            progress.update(batch_size(batch))
+            progress.update(int((chunks[-1] == 0).sum()) if level == "study" else batch_size(batch))
     model.train(was_training)
     shard = (index, ids, study_ids, image_ids, labels, probs)
+    if level == "study" and index:
+        shard = _merge_chunks(shard, np.concatenate(chunks))
     gathered = distributed.gather_to_main(shard)
     if gathered is None:
         return None
@@ -129,6 +137,33 @@ def predict_split(
     return SplitOutputs(
         index=stacked(0), ids=listed(1), study_ids=listed(2), image_ids=listed(3), labels=stacked(4), probs=stacked(5)
     )
+
+
+def _merge_chunks(shard: tuple, chunks: np.ndarray) -> tuple:
+    """This rank's outputs with one row per sample: the rows of a study's view chunks (same index)
+    become one, ordered by (index, chunk) so the result depends neither on batch boundaries nor on the
+    order chunks arrived in.
+
+    The chunks' probabilities are averaged, not their logits: the model's outputs are already
+    probabilities here (test-time augmentation averages sigmoids), and a mean of probabilities is the
+    ensemble rule used elsewhere in cxrlt (TTA, the default of ensembles' view aggregation), bounded so one
+    overconfident chunk cannot swamp the others. Chunks are as equal in size as possible, so each
+    counts the same. A study that fits the model's slots is one chunk and keeps its row bit for bit."""
+    index, ids, study_ids, image_ids, labels, probs = shard
+    flat_index = np.concatenate(index)
+    order = np.lexsort((chunks, flat_index))
+    sorted_index = flat_index[order]
+    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
+    counts = np.diff(np.r_[starts, len(order)])
+    merged_probs = np.add.reduceat(np.concatenate(probs)[order], starts, axis=0) / counts[:, None].astype(np.float32)
+    first = order[starts]
+    merged_images = [
+        [image for row in order[start : start + count] for image in image_ids[row]] for start, count in zip(starts, counts)
+    ]
+    return (
+        [sorted_index[starts]], [ids[i] for i in first], [study_ids[i] for i in first], merged_images,
+        [np.concatenate(labels)[first]], [merged_probs.astype(np.float32)],
+    )  # fmt: skip
 
 
 def image_rows(outputs: SplitOutputs) -> tuple[list[str], list[str], np.ndarray]:

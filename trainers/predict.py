@@ -3,7 +3,8 @@
 Each rank reads its share of the split (EvalReader), the model scores it with optional test-time
 augmentation, rank 0 gathers everything in split order and writes the table and its sidecar
 atomically. A study model reads study batches and its prediction is written for every image of the
-study (the prediction-file contract is one row per image). A fixed-class model's classes must be the
+study (the prediction-file contract is one row per image); a study with more views than the model's
+slots is scored in view chunks whose probabilities are averaged (trainers.inference). A fixed-class model's classes must be the
 shards' classes: a different schema would put its outputs under names of findings it never learned. A
 text-query model may score other names (`--classes`, `--descriptions`, see trainers.zeroshot): unseen
 names have no labels in the shards, which does not matter for scoring.
@@ -44,6 +45,9 @@ def check_request(request: PredictRequest) -> tuple[SavedModel, ScoredClasses, T
             f"{request.model} predicts {len(saved.classes)} classes of schema {saved.schema!r}; "
             f"{request.shards} is schema {index.schema!r} with {len(index.classes)} classes: they must match"
         )
+    slots = saved.model_config.study.max_views
+    if saved.kind == "study" and not 1 <= request.max_views <= slots:
+        raise InputError(f"--max-views {request.max_views}: {request.model} has {slots} view slots; use 1 to {slots}")
     try:
         tta = TTA.parse(request.tta)
     except ValueError as e:

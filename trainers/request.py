@@ -50,7 +50,11 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--tta", default="none", help="test-time augmentation: hflip and/or scales=0.9,1.1")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--max-views", type=int, default=4, help="views per study for study models")
+    parser.add_argument(
+        "--max-views", type=int, default=4,
+        help="view slots per study item for study models (at most the model's); a study with more views is "
+        "scored in chunks whose probabilities are averaged, so every image gets a row",
+    )  # fmt: skip
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     parser.add_argument(
         "--classes", default="",

@@ -17,7 +17,7 @@ from cxrlt.labels import Schema
 @dataclass(frozen=True)
 class BuildOptions:
     level: str = "image"
-    max_views: int = 4
+    max_views: int = 0  # study level: keep at most this many views per study; 0 keeps every view
     split_by: str = "patient"
     split: str = "0.8,0.1,0.1"
     seed: int = 0
@@ -34,8 +34,8 @@ def build_shards(
 ) -> ShardIndex:
     if build.level not in LEVELS:
         raise InputError(f"--level {build.level!r}: expected one of {LEVELS}")
-    if build.max_views < 1:
-        raise InputError("--max-views must be >= 1")
+    if build.max_views < 0:
+        raise InputError("--max-views must be >= 0 (0 keeps every view of a study)")
     if not table.records:
         raise InputError(f"source {table.name}: no rows to shard in {table.files}")
     assign_splits(table.records, build.split_by, parse_fractions(build.split), build.seed)

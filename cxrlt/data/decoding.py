@@ -12,6 +12,14 @@ Study items (study reader; an image-level set reads as one-view studies):
 Evaluation items add index () int64: the sample's position in the split (shard order, then tar order).
 `collate` stacks tensors along a new batch dimension and keeps strings and lists as lists.
 
+A stored study may hold more views than the model's `max_views` slots (shards keep every view unless
+capped). Training (`views="sample"`) then draws a random subset of `max_views` views from the reader's
+seeded generator each time the study is drawn, kept in stored (frontal-first) order, as CaMChex does.
+Evaluation (`views="chunks"`) scores every view: a study of n > max_views decodable views becomes
+ceil(n / max_views) consecutive chunks of as-equal-as-possible size (`view_chunks`), one study item each,
+with the same id and index and `chunk` () int64 = the chunk's position (every evaluation study item has
+it, 0 for an unsplit study); the caller merges a sample's chunks (trainers.inference).
+
 A stored image that fails to decode is logged and counted (`DecodeStats`), and its view or sample is
 dropped; it never stops the reader.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,20 +68,44 @@ def _members(raw: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, str, 
     return [(name, meta["image_id"], meta["view"])]
 
 
-class SampleDecoder:
-    """Turns a raw sample (tar members + parsed json) into image items or one study item."""
+def view_chunks(n: int, max_views: int) -> list[tuple[int, int]]:
+    """(start, stop) of ceil(n / max_views) consecutive chunks covering n views, sizes differing by at
+    most one, larger first: 5 views in 4 slots -> 3 + 2, 6 -> 3 + 3, 11 -> 4 + 4 + 3."""
+    count = max(1, math.ceil(n / max_views))
+    base, extra = divmod(n, count)
+    bounds = np.cumsum([0] + [base + (k < extra) for k in range(count)])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def __init__(self, transform: ImageTransform, level: str, max_views: int, stats: DecodeStats) -> None:
+
+class SampleDecoder:
+    """Turns a raw sample (tar members + parsed json) into image items, or study items: one for
+    training (`views="sample"`: a random subset when the study has more than max_views views), one
+    per chunk of views for evaluation (`views="chunks"`, see the module docstring)."""
+
+    def __init__(
+        self, transform: ImageTransform, level: str, max_views: int, stats: DecodeStats, views: str = "chunks"
+    ) -> None:
         if level not in ("image", "study"):
             raise ValueError(f"level must be 'image' or 'study', got {level!r}")
+        if views not in ("sample", "chunks"):
+            raise ValueError(f"views must be 'sample' or 'chunks', got {views!r}")
         self.transform = transform
         self.level = level
         self.max_views = max_views
         self.stats = stats
+        self.views = views
+
+    def _chosen_members(self, raw: dict[str, Any], meta: dict[str, Any], rng: np.random.Generator) -> list[tuple[str, str, str]]:
+        members = _members(raw, meta)
+        if self.level == "study" and self.views == "sample" and len(members) > self.max_views:
+            # Chosen before decoding, so the views left out this time are never decoded.
+            keep = np.sort(rng.choice(len(members), size=self.max_views, replace=False))
+            members = [members[i] for i in keep]
+        return members
 
     def __call__(self, raw: dict[str, Any], meta: dict[str, Any], rng: np.random.Generator) -> Iterator[Item]:
         views = []
-        for member, image_id, view in _members(raw, meta)[: self.max_views if self.level == "study" else None]:
+        for member, image_id, view in self._chosen_members(raw, meta, rng):
             try:
                 if member not in raw:
                     raise ImageProblem("missing", "member absent from the shard (damaged tar)")
@@ -93,7 +126,12 @@ class SampleDecoder:
             for tensor, image_id, view_type in views:
                 yield {"image": tensor, "id": image_id, "view_type": torch.tensor(view_type), **common}
             return
-        yield {**self._study_fields(views, meta), "id": raw["__key__"], **common}
+        if self.views == "sample":
+            yield {**self._study_fields(views, meta), "id": raw["__key__"], **common}
+            return
+        for chunk, (start, stop) in enumerate(view_chunks(len(views), self.max_views)):
+            fields = self._study_fields(views[start:stop], meta)
+            yield {**fields, "id": raw["__key__"], "chunk": torch.tensor(chunk), **common}
 
     def _study_fields(self, views: list[tuple[torch.Tensor, str, int]], meta: dict[str, Any]) -> Item:
         n = len(views)

@@ -79,14 +79,16 @@ def _image_samples(records: Iterable[Record]) -> list[PlannedSample]:
 
 
 def _study_samples(records: Iterable[Record], max_views: int) -> tuple[list[PlannedSample], int]:
+    """Group records into studies, views frontal-first; `max_views` > 0 caps the views kept per study
+    (the count left out is returned), 0 keeps every view."""
     studies: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for r in records:
         studies[(str(r.split), r.study_id)].append(r)
     samples, dropped = [], 0
     for (split, study_id), members in studies.items():
         members.sort(key=lambda r: (view_order(r.view), r.image_id))
-        dropped += max(0, len(members) - max_views)
-        kept = members[:max_views]
+        kept = members[:max_views] if max_views > 0 else members
+        dropped += len(members) - len(kept)
         first = kept[0]
         meta = _image_meta(first)
         del meta["image_id"], meta["view"]
@@ -105,7 +107,8 @@ def _study_samples(records: Iterable[Record], max_views: int) -> tuple[list[Plan
 
 
 def make_plan(records: list[Record], level: str, max_views: int, seed: int, options: dict[str, object]) -> Plan:
-    """Group and order `records` (splits already assigned) and fingerprint the result with `options`."""
+    """Group and order `records` (splits already assigned) and fingerprint the result with `options`.
+    At study level `max_views` caps the views stored per study; 0 (the default of `cxrlt shard`) keeps all."""
     if level == "image":
         flat, dropped = _image_samples(records), 0
     else:

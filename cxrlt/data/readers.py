@@ -8,10 +8,13 @@ a synthetic and/or an unlabelled shard set, and stops after a fixed number of ba
 `steps_per_epoch` per rank, divided over the workers, so every rank runs the same count and no collective waits on a rank that ran dry.
 Every random choice comes from a generator seeded by (seed, epoch, rank, worker), so an epoch replays
 exactly; call `set_epoch` before each epoch (with non-persistent DataLoader workers, which pick it up
-when they start).
+when they start). That includes the views of a study with more views than `max_views`: a fresh random
+subset each time the study is drawn (cxrlt.data.decoding).
 
 Evaluation: each slot reads its share once, in shard order; with `index` on every item the caller
-can restore the split's order after gathering.
+can restore the split's order after gathering. A study with more views than `max_views` yields several
+items (view chunks, consecutive, `chunk` = 0, 1, ...) with the same `index`, all in the same slot, so
+the caller can merge them before or after gathering.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ class TrainReader(torch.utils.data.IterableDataset):
             extra_slot = slot_for(len(split.entries), self.rank, self.world_size, worker, num_workers)
             stream = mix(stream, self._resampled(split, extra_slot, rng), ratio, rng)
         stream = _shuffle(stream, bufsize=c.shuffle_buffer, initial=c.shuffle_buffer, seed=int(rng.integers(2**62)))
-        decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, self.stats)
+        decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, self.stats, views="sample")
         items = (item for raw, meta, _ in stream for item in decoder(raw, meta, rng))
         count = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
         yield from itertools.islice(_batches(items, c.batch_size), count)
@@ -185,7 +188,7 @@ class EvalReader(torch.utils.data.IterableDataset):
         c = self.config
         slot = slot_for(len(self.split.entries), self.rank, self.world_size, worker, num_workers)
         rng = np.random.default_rng([c.seed, self.rank, worker])
-        decoder = SampleDecoder(ImageTransform(c.transform, train=False), c.level, c.max_views, self.stats)
+        decoder = SampleDecoder(ImageTransform(c.transform, train=False), c.level, c.max_views, self.stats, views="chunks")
         items = (
             {**item, "index": torch.tensor(meta["_index"])}
             for shard in slot.shards

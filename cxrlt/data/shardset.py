@@ -10,13 +10,15 @@ a split by picking shards) plus `_index.json`:
 
 `class_counts` counts samples whose label is 1 (unknown and negative do not count); at study level a
 sample is a study. `plan_hash` fingerprints the inputs and options, so a resumed run can tell its own
-partial output from another run's. `views_dropped` counts study views beyond `--max-views` (left out
-by request, not skipped for a fault).
+partial output from another run's. A study-level set stores every view of a study by default;
+`views_dropped` counts the views left out by an explicit `--max-views` cap (by request, not skipped for
+a fault), 0 without one.
 
 Samples (key = image id, or study id at study level; keys never contain "." or "/"):
 - image level: `img.jpg` or `img.png` (8-bit grayscale, long side <= max_size) and `json` with
   {image_id, study_id, patient_id, view, age, sex, split, source, synthetic, labels}.
-- study level: `0.img.jpg` ... `k.img.jpg` (frontal views first) and `json` adding
+- study level: `0.img.jpg` ... `k.img.jpg` (every view of the study unless capped, frontal views
+  first; a study may hold more views than a study model's slots, which the readers handle) and `json` adding
   {image_ids: [...], views: [...], indication: str | null, vitals: {name: value}}.
 `labels` is a list of floats in schema order: 1 positive, 0 negative, -1 unknown.
 """

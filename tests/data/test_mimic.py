@@ -95,7 +95,29 @@ def test_indication_extraction():
     assert extract_indication("INDICATION:   \nFINDINGS: x") is None
 
 
-def test_cli_shards_and_reports_input_errors(mimic, tmp_path, capsys, edit_cell):
+def test_indication_under_other_headers():
+    """Real MIMIC-CXR variants: HISTORY / CLINICAL INFORMATION / REASON FOR EXAMINATION hold the indication."""
+    history = "                FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n HISTORY:  ___M with cough.\n \n FINDINGS: x\n"
+    assert extract_indication(history) == "___M with cough."
+    assert extract_indication(" CLINICAL INFORMATION: fever\n IMPRESSION: none") == "fever"
+    assert extract_indication("REASON FOR EXAMINATION: eval for pna\nFINDINGS: clear") == "eval for pna"
+    assert extract_indication(" CLINICAL HISTORY:\n dyspnea\n COMPARISON: none") == "dyspnea"
+    assert extract_indication(" IMPRESSION:  No acute process.\n") is None
+
+
+def test_study_times_written_as_numbers():
+    """StudyTime is HHMMSS.fff written as a number: leading zeros lost, fraction sometimes absent."""
+    import pandas as pd
+
+    from cxrlt.data.sources.mimic_context import study_times
+
+    meta = pd.DataFrame({"StudyDate": ["21800105"] * 4, "StudyTime": ["83214.578", "21101", "5.5", "235959.1"]})
+    assert [str(t) for t in study_times(meta)] == [
+        "2180-01-05 08:32:14", "2180-01-05 02:11:01", "2180-01-05 00:00:05", "2180-01-05 23:59:59",
+    ]  # fmt: skip
+
+
+def test_cli_shards_and_reports_input_errors(mimic, tmp_path, capsys, edit_cell, read_back):
     out = tmp_path / "out"
     argv = ["shard", "mimic-cxr-lt", "--images", str(mimic.root), "--labels", str(mimic.train),
             "--labels", str(mimic.dev), "--metadata", str(mimic.metadata), "--out", str(out), "--max-size", "32",
@@ -104,6 +126,11 @@ def test_cli_shards_and_reports_input_errors(mimic, tmp_path, capsys, edit_cell)
     index = json.loads((out / "_index.json").read_text())
     assert index["level"] == "study" and index["splits"]["dev"] == 1 and index["num_skipped"] == len(mimic.bad)
     assert "images skipped" in capsys.readouterr().out
+    # The default stores every view: the 5-view dev study reads back as two chunks of 4 slots, every image.
+    chunks = read_back(out, split="dev", level="study")
+    views = [i for item in chunks for i, on in zip(item["image_ids"], item["view_mask"].tolist()) if on]
+    assert index["views_dropped"] == 0 and len(chunks) == 2 and {item["id"] for item in chunks} == {mimic.frame["study_id"].iloc[-1]}
+    assert sorted(views) == sorted(mimic.frame[mimic.dev_rows]["dicom_id"])
     bad = tmp_path / "train_labeled.csv"
     edit_cell(mimic.train, bad, 0, "Mass", "2")
     assert main(["shard", "mimic-cxr-lt", "--images", str(mimic.root), "--labels", str(bad), "--out", str(tmp_path / "x")]) == 2

@@ -1,5 +1,6 @@
 """Training/evaluation readers: rank x worker partition, fixed steps, exactly-once eval, determinism,
-repeat-factor sampling and synthetic mixing."""
+repeat-factor sampling and synthetic mixing, and studies with more views than the model's slots (a
+seeded subset in training, every view in chunks in evaluation)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cxrlt.data.sources.starter import read_starter
 from cxrlt.data.transforms import TransformConfig
 from cxrlt.data.writer import WriterOptions
 from cxrlt.labels import NIH_14
+from tests.multiview import VIEW_COUNTS, build_multiview_shards, study_id
 
 TINY = TransformConfig(size=24)
 
@@ -163,3 +165,93 @@ def test_tar_reader_matches_webdataset_and_survives_truncation(starter_shards, t
         partial = list(tar_samples(str(cut)))
     assert 0 < len(partial) < len(ours) and "truncated" in caplog.text
     assert [s["__key__"] for s in partial] == [s["__key__"] for s in ours[: len(partial)]]
+
+
+# Studies with more views than the model's slots (shards keep every view; tests/multiview.py).
+
+
+@pytest.fixture(scope="module")
+def multiview_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multiview")
+    build_multiview_shards(out)
+    return out
+
+
+def _stored_ids(shards, split):
+    reader = EvalReader(shards, ReaderConfig(level="study", split=split, max_views=4), rank=0, world_size=1)
+    slot = slot_for(len(reader.split.entries), 0, 1, 0, 1)
+    return {meta["study_id"]: meta["image_ids"] for s in slot.shards for _, meta, _ in reader.split.read(s, slot)}
+
+
+def test_study_shards_keep_every_view_unless_capped(multiview_shards, tmp_path):
+    from cxrlt.data.shardset import read_index
+
+    assert read_index(multiview_shards).views_dropped == 0
+    stored = _stored_ids(multiview_shards, "train")
+    assert {k: len(v) for k, v in stored.items()} == {study_id("train", s): n for s, n in enumerate(VIEW_COUNTS)}
+    six = stored[study_id("train", 0)]
+    assert six[:2] == ["train0-img1", "train0-img3"]  # frontal (PA, AP) first, then by view and id
+    capped = build_multiview_shards(tmp_path, max_views=4)
+    assert capped.views_dropped == 2 * ((6 - 4) + (5 - 4))  # train and dev each drop 2 + 1
+    assert _stored_ids(tmp_path, "train")[study_id("train", 0)] == six[:4]
+
+
+def test_train_reader_draws_a_seeded_view_subset_of_a_large_study(multiview_shards):
+    stored = _stored_ids(multiview_shards, "train")
+    config = ReaderConfig(level="study", batch_size=3, max_views=4, shuffle_buffer=4, steps_per_epoch=8, transform=TINY)
+
+    def draws(epoch):
+        reader = TrainReader(multiview_shards, config, rank=0, world_size=1)
+        reader.set_epoch(epoch)
+        picked = []
+        for batch in reader:
+            assert batch["images"].shape == (3, 4, 1, 24, 24) and batch["view_mask"].shape == (3, 4)
+            for sid, ids, mask in zip(batch["id"], batch["image_ids"], batch["view_mask"].tolist()):
+                views = [i for i, on in zip(ids, mask) if on]
+                assert 1 <= len(views) <= 4 and sum(mask) == len(views)
+                full = stored[sid]
+                if len(full) <= 4:
+                    assert views == full  # small studies unchanged
+                else:
+                    assert views == [i for i in full if i in views] and len(views) == 4  # stored order kept
+                picked.append((sid, tuple(views)))
+        return picked
+
+    epoch0, again, epoch1, epoch2 = draws(0), draws(0), draws(1), draws(2)
+    assert epoch0 == again  # an epoch replays exactly (exact resume)
+    large = [study_id("train", 0), study_id("train", 3)]
+    subsets = {views for sid, views in epoch0 + epoch1 + epoch2 if sid in large}
+    assert len(subsets) > 2  # a fresh subset per draw, varying across epochs
+    assert [v for s, v in epoch0 if s in large] != [v for s, v in epoch1 if s in large]
+
+
+def test_view_chunks_are_consecutive_and_balanced():
+    from cxrlt.data.decoding import view_chunks
+
+    assert view_chunks(4, 4) == [(0, 4)]
+    assert view_chunks(1, 4) == [(0, 1)]
+    assert view_chunks(5, 4) == [(0, 3), (3, 5)]
+    assert view_chunks(6, 4) == [(0, 3), (3, 6)]
+    assert view_chunks(11, 4) == [(0, 4), (4, 8), (8, 11)]
+    assert view_chunks(9, 1) == [(k, k + 1) for k in range(9)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_eval_reader_scores_every_view_in_chunks(multiview_shards, batch_size):
+    stored = _stored_ids(multiview_shards, "dev")
+    config = ReaderConfig(level="study", split="dev", batch_size=batch_size, max_views=4, transform=TINY)
+    reader = EvalReader(multiview_shards, config, rank=0, world_size=1)
+    items = [{k: v[i] for k, v in b.items()} for b in reader for i in range(len(b["id"]))]
+    by_study: dict[str, list] = {}
+    for item in items:
+        views = [i for i, on in zip(item["image_ids"], item["view_mask"].tolist()) if on]
+        assert 1 <= len(views) <= 4
+        by_study.setdefault(item["id"], []).append((int(item["index"]), int(item["chunk"]), views))
+    sizes = {6: [3, 3], 5: [3, 2]}
+    for s, n in enumerate(VIEW_COUNTS):
+        chunks = by_study[study_id("dev", s)]
+        assert len({index for index, _, _ in chunks}) == 1  # one sample, one index
+        assert [c for _, c, _ in chunks] == list(range(len(chunks)))
+        assert [len(v) for _, _, v in chunks] == sizes.get(n, [n])
+        assert [i for _, _, v in chunks for i in v] == stored[study_id("dev", s)]  # every view, stored order
+    assert len(items) == len(VIEW_COUNTS) + 2 and reader.num_samples(0) == len(VIEW_COUNTS)

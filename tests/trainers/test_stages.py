@@ -15,6 +15,7 @@ from cxrlt.models.saved import load_model
 from cxrlt.predictions import read_predictions
 from cxrlt.tracking import Tracker, sqlite_uri
 from tests.cli import cxrlt
+from tests.multiview import VIEW_COUNTS, build_multiview_shards
 from tests.trainers.conftest import train_args
 
 pytestmark = pytest.mark.timeout(600)
@@ -64,6 +65,21 @@ def test_study_stage_starts_from_the_image_checkpoint_with_a_frozen_backbone(tra
     result = cxrlt("predict", out / "best.pt", "--shards", starter64, "--split", "dev", "--out", predictions, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_predictions(predictions).image_ids) == 54
+    # Studies of up to 6 views for the model's 4 slots: every image gets a row, on 1 and 2 ranks alike
+    # (batches of 3 split a study's view chunks across batches).
+    multiview = tmp_path / "multiview"
+    build_multiview_shards(multiview)
+    files = {}
+    for nproc in (1, 2):
+        out_file = tmp_path / f"multiview-{nproc}.csv"
+        args = ["predict", out / "best.pt", "--shards", multiview, "--split", "dev", "--out", out_file]
+        result = cxrlt(*args, "--batch-size", "3", "--nproc", nproc, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        files[nproc] = read_predictions(out_file)
+    one, two = files[1], files[2]
+    assert sorted(one.image_ids) == sorted(f"dev{s}-img{v}" for s, n in enumerate(VIEW_COUNTS) for v in range(n))
+    assert list(one.image_ids) == list(two.image_ids) and list(one.study_ids) == list(two.study_ids)
+    np.testing.assert_allclose(one.probs, two.probs, atol=1e-6)
 
 
 def test_two_noisy_student_rounds_each_teaching_the_next(trained, starter64, tmp_path):
