@@ -104,9 +104,10 @@ class ClinicalContext(nn.Module):
     def _fill(self, modality: str, encoded: torch.Tensor, present: list[int], batch: int) -> torch.Tensor:
         placeholder = self.placeholders[modality]
         out = placeholder.unsqueeze(0).expand(batch, -1)
-        if not present:
-            return out
-        index = torch.tensor(present, device=placeholder.device)
+        # Even with nothing present the (empty) encoding stays in the graph: its projection then gets a zero
+        # gradient instead of none, and every rank reduces the same gradients (ZeRO's buckets are built
+        # from the parameters that received one; a rank whose batch lacked a modality broke the all-reduce).
+        index = torch.tensor(present, dtype=torch.long, device=placeholder.device)
         return out.index_copy(0, index, encoded.to(out.dtype))  # autocast may have lowered `encoded`
 
 

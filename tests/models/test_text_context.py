@@ -89,3 +89,17 @@ def test_text_queries_are_built_from_class_names(encoder):
     model.head.set_class_embeddings(class_text_embeddings(encoder, zero_shot, cfg.class_prompt))
     logits = model(torch.randn(2, 1, 64, 64))
     assert logits.shape == (2, 2) and all(math.isfinite(v) for v in logits.flatten().tolist())
+
+
+@pytest.mark.parametrize("present", ["none", "some", "all"])
+def test_every_context_parameter_gets_a_gradient_whatever_the_batch_holds(encoder, present):
+    """Regression: a batch (one rank's share) with no vitals left the vitals projection without a gradient;
+    DeepSpeed ZeRO then reduced different gradient buckets on the two ranks and the all-reduce failed."""
+    from cxrlt.models.context import ClinicalContext, ContextConfig
+
+    context = ClinicalContext(ContextConfig(indication=True, vitals="numeric"), 32, encoder)
+    texts = {"none": [None, None], "some": ["Cough.", None], "all": ["Cough.", "Fever."]}[present]
+    vitals = {"none": [None, {}], "some": [{"heartrate": 90.0}, None], "all": [{"heartrate": 90.0}, {"o2sat": 95.0}]}[present]
+    context(2, texts, vitals).sum().backward()
+    missing = [name for name, p in context.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
