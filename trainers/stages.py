@@ -2,7 +2,8 @@
 
 - image / study: one member, or one per entry of `resolutions` (`out_dir/res-<size>`);
 - student: `student.iterations` rounds (`student-<k>`), each scoring pseudo-labels with its teacher
-  (the first from `student.teacher`, then the previous round's best model) and training a student.
+  (the first from `student.teacher`, then the previous round's best model) and training a student;
+  the last round's best.pt is also the member's (`out_dir[/res-<size>]/best.pt`).
 A member that finished (its `result.json` exists) is reused, so rerunning a command after a failure
 or a requeue redoes only what is missing. One MLflow run covers a single member; several members are
 child runs of one parent. Every bad input is reported before the process group or any model exists.
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from cxrlt.atomic import atomic_path
 from cxrlt.config import config_hash, flatten, write_config
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.shardset import ShardIndex, index_path, read_index
@@ -212,6 +215,11 @@ def run_training(
             pseudo = _teacher_labels(teacher, member_cfg, ctx, round_dir / "pseudo_labels.npz")
             result = member(member_cfg, round_dir, f"{member_name}/student-{k}", parent_id, pseudo)
             teacher = result.best_model
+        # The member's model is its last round's, at the place every other stage writes it (FOLDER/best.pt).
+        if ctx.is_main:
+            with atomic_path(folder / result.best_model.name) as tmp:
+                shutil.copyfile(result.best_model, tmp)
+        distributed.barrier()
         return result
 
     if not several:

@@ -93,6 +93,8 @@ def test_two_noisy_student_rounds_each_teaching_the_next(trained, starter64, tmp
     rounds = [np.load(out / f"student-{k}" / "pseudo_labels.npz") for k in (1, 2)]
     assert len(set(rounds[0]["ids"].tolist())) == 515  # the train split (the unlabelled set repeats its ids)
     assert not np.allclose(rounds[0]["probs"], rounds[1]["probs"])  # round 2's teacher is round 1's student
+    # The member's model file is where every stage puts it, and it is the last round's (the pipeline reads it).
+    assert (out / "best.pt").read_bytes() == (out / "student-2" / "best.pt").read_bytes()
     parent = Tracker(sqlite_uri(tmp_path)).client.get_run((out / "mlflow_run_id").read_text().strip())
     children = Tracker(sqlite_uri(tmp_path)).children(parent.info.run_id)
     assert sorted(c.info.run_name for c in children) == ["student/student-1", "student/student-2"]
