@@ -1,10 +1,11 @@
 """CodaLab submission validation for CXR-LT 2024 tasks 1-3.
 
-A submission is a CSV (optionally inside a zip): header `dicom_id,<class names>`, one row per image of
-the development/test CSV, probabilities in [0, 1]. Every fault a scorer would choke on, or silently
-mis-score, is collected with its line and column, rather than stopping at the first: a team fixing a
-submission two hours before a deadline wants the whole list. Column ORDER is only a warning because the
-classes are matched by name.
+A submission is a CSV (optionally the one top-level CSV of a zip): header `dicom_id,<class names>`, one
+row per image of the development/test CSV (whose ids must be unique), probabilities in [0, 1]. Every
+fault a scorer would choke on, or silently mis-score, is collected with its line and column, rather
+than stopping at the first: a team fixing a submission two hours before a deadline wants the whole list.
+Cells and names quoted in messages are cut to a readable length (a broken file can hold megabytes in
+one cell). Column ORDER is only a warning because the classes are matched by name.
 """
 
 from __future__ import annotations
@@ -23,9 +24,20 @@ import pandas as pd
 
 from cxrlt.errors import InputError
 from cxrlt.labels import TASK_SCHEMAS
-from cxrlt.tables import line_of, read_csv_strings, require_columns
+from cxrlt.tables import line_of, read_csv_strings, require_columns, unique_ids
 
 ID_COLUMN = "dicom_id"
+_QUOTED = 60  # characters of a cell or name a message quotes
+
+
+def _cut(text: str) -> str:
+    """`text` cut to _QUOTED characters, its full length said."""
+    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
+
+
+def _quote(text: str) -> str:
+    """repr of `text`, cut to _QUOTED characters, its full length said."""
+    return repr(text) if len(text) <= _QUOTED else f"{text[:_QUOTED]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class Fault:
         if self.line is not None:
             where.append(f"line {self.line}")
         if self.column is not None:
-            where.append(f"column {self.column!r}")
+            where.append(f"column {_quote(self.column)}")
         return f"[{self.kind}] " + (f"{', '.join(where)}: " if where else "") + self.message
 
 
@@ -58,10 +70,11 @@ class ValidationReport:
 
 
 def expected_ids(ids_path: str | os.PathLike) -> list[str]:
-    """The dicom_ids a submission must cover, from the challenge's development/test CSV."""
+    """The dicom_ids a submission must cover, from the challenge's development/test CSV (a blank or
+    duplicate id there is an InputError naming its line)."""
     frame = read_csv_strings(ids_path)
     require_columns(frame, [ID_COLUMN], ids_path)
-    return frame[ID_COLUMN].tolist()
+    return unique_ids(frame, ID_COLUMN, ids_path).tolist()
 
 
 def _read_submission_text(path: Path) -> str:
@@ -75,6 +88,11 @@ def _read_submission_text(path: Path) -> str:
             ]  # fmt: skip
             if len(members) != 1:
                 raise InputError(f"{path}: the zip must hold exactly one .csv, found {members or 'none'}")
+            # CodaLab reads one CSV at the zip's top level; one in a folder (or a '../' name) is not read.
+            if "/" in members[0] or "\\" in members[0]:
+                raise InputError(
+                    f"{path}: the .csv must be at the top level of the zip, found {members[0]!r}; zip the file alone"
+                )
             return archive.read(members[0]).decode("utf-8-sig")
     except zipfile.BadZipFile as e:
         raise InputError(f"{path}: not a valid zip file: {e}") from None
@@ -116,7 +134,7 @@ def validate_submission(path: str | os.PathLike, task: str, ids: Sequence[str]) 
 def _check_header(header: list[str], classes: Sequence[str], report: ValidationReport) -> None:
     if header[0] != ID_COLUMN:
         report.faults.append(
-            Fault("header", f"the first column must be {ID_COLUMN!r}, found {header[0]!r}", line=1)
+            Fault("header", f"the first column must be {ID_COLUMN!r}, found {_quote(header[0])}", line=1)
         )
     seen = set()
     for name in header:
@@ -128,7 +146,7 @@ def _check_header(header: list[str], classes: Sequence[str], report: ValidationR
     extra = [h for h in present if h not in classes and h != header[0]]
     for name in missing:
         close = difflib.get_close_matches(name, extra, n=1, cutoff=0.6)
-        hint = f"; {close[0]!r} looks like a misspelling of it" if close else ""
+        hint = f"; {_quote(close[0])} looks like a misspelling of it" if close else ""
         report.faults.append(Fault("column", f"missing class column{hint}", line=1, column=name))
     for name in extra:
         report.faults.append(Fault("column", "not a class of this task", line=1, column=name))
@@ -143,26 +161,26 @@ def _check_ids(ids: np.ndarray, expected: Sequence[str], report: ValidationRepor
             report.faults.append(Fault("id", "empty dicom_id", line=line_of(row), column=ID_COLUMN))
         elif value in first_line:
             report.faults.append(
-                Fault("id", f"duplicate {value!r} (first on line {first_line[value]})", line=line_of(row))
+                Fault("id", f"duplicate {_quote(value)} (first on line {first_line[value]})", line=line_of(row))
             )
         else:
             first_line[value] = line_of(row)
     expected_set = set(expected)
     for value in expected:
         if value not in first_line:
-            report.faults.append(Fault("id", f"missing row for {value!r}"))
+            report.faults.append(Fault("id", f"missing row for {_quote(value)}"))
     for value, line in first_line.items():
         if value not in expected_set:
-            report.faults.append(Fault("id", f"{value!r} is not in the id list", line=line))
+            report.faults.append(Fault("id", f"{_quote(value)} is not in the id list", line=line))
 
 
 def _check_values(cells: pd.Series, name: str, report: ValidationReport) -> None:
     values = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64)
     for row in np.flatnonzero(np.isnan(values)):
         raw = cells.iloc[row]
-        problem = "empty value" if raw.strip() == "" else f"not a probability: {raw!r}"
+        problem = "empty value" if raw.strip() == "" else f"not a probability: {_quote(raw)}"
         report.faults.append(Fault("value", problem, line=line_of(row), column=name))
     for row in np.flatnonzero(np.isfinite(values) & ((values < 0) | (values > 1)) | np.isinf(values)):
         report.faults.append(
-            Fault("value", f"{cells.iloc[row]} is outside [0, 1]", line=line_of(row), column=name)
+            Fault("value", f"{_cut(cells.iloc[row])} is outside [0, 1]", line=line_of(row), column=name)
         )

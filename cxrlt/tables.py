@@ -133,8 +133,9 @@ class AlignedTables:
     ids: np.ndarray
     labels: np.ndarray  # (N, C) in {1, 0, -1}
     scores: np.ndarray  # (N, C)
-    id_column: str
+    id_column: str  # the label file's
     ignored_prediction_ids: int  # predictions for ids the label file does not have
+    prediction_id_column: str  # the prediction file's (image_id against a label file's dicom_id)
 
 
 def align_predictions(
@@ -145,14 +146,24 @@ def align_predictions(
 ) -> AlignedTables:
     """Join a score table and a label table on their id column, classes matched by name.
 
-    Every labelled id must have a prediction (a missing one is an error listing them); predictions for
-    ids without labels are ignored and counted.
+    Without `id_column`, a column both files have is preferred; else each file's own (a prediction
+    file's `image_id` holds the same ids as a label file's `dicom_id`). Every labelled id must have a
+    prediction (a missing one is an error listing them); predictions for ids without labels are ignored
+    and counted. Scores of labelled ids must be probabilities in [0, 1].
     """
     predictions = read_csv_strings(predictions_path)
     labels = read_csv_strings(labels_path)
-    id_column = resolve_id_column(id_column, (predictions, predictions_path), (labels, labels_path))
+    try:
+        id_column = prediction_column = resolve_id_column(
+            id_column, (predictions, predictions_path), (labels, labels_path)
+        )
+    except InputError:
+        if id_column is not None:
+            raise
+        prediction_column = resolve_id_column(None, (predictions, predictions_path))
+        id_column = resolve_id_column(None, (labels, labels_path))
     label_ids = unique_ids(labels, id_column, labels_path)
-    prediction_ids = unique_ids(predictions, id_column, predictions_path)
+    prediction_ids = unique_ids(predictions, prediction_column, predictions_path)
     position = pd.Index(prediction_ids).get_indexer(label_ids)
     missing = label_ids[position < 0]
     if missing.size:
@@ -161,12 +172,17 @@ def align_predictions(
             f"in {labels_path}: {_listing(list(missing))}"
         )
     scores = parse_scores(predictions, classes, predictions_path)[position]
+    outside = np.argwhere((scores < 0) | (scores > 1))
+    if outside.size:
+        shown = [f"line {line_of(position[r])}, class {classes[c]!r} = {scores[r, c]:g}" for r, c in outside]
+        raise InputError(f"{predictions_path}: scores must be probabilities in [0, 1]; got {_listing(shown)}")
     return AlignedTables(
         ids=label_ids,
         labels=parse_labels(labels, classes, labels_path),
         scores=scores,
         id_column=id_column,
         ignored_prediction_ids=int(prediction_ids.size - label_ids.size),
+        prediction_id_column=prediction_column,
     )
 
 

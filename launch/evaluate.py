@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="CXR-LT metrics of a prediction CSV against a label CSV",
-        description="Columns are matched by class name, rows by id (dicom_id, else image_id).",
+        description="Columns are matched by class name, rows by id (dicom_id, else image_id; a prediction "
+        "file's image_id pairs with a label file's dicom_id).",
     )
     parser.add_argument("--predictions", required=True, type=Path, help="CSV: id column + one column per class")
     parser.add_argument("--labels", required=True, type=Path, help="CSV: id column + 1/0/-1/blank per class")
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             "labels": str(args.labels),
             "schema": schema.name,
             "id_column": tables.id_column,
+            "prediction_id_column": tables.prediction_id_column,
             "groups_from": args.groups_from,
             "ignored_prediction_ids": tables.ignored_prediction_ids,
             **result.to_dict(),

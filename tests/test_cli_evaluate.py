@@ -114,3 +114,31 @@ def test_schemas_command_lists_and_shows():
     one = cxrlt("schemas", "nih-14")
     assert one.returncode == 0 and "Pleural_Thickening" in one.stdout
     assert cxrlt("schemas", "nope").returncode == 2
+
+
+@pytest.mark.parametrize("score", [-0.3, 1.7])
+def test_a_score_outside_zero_one_names_file_line_and_class(csv_pair, score):
+    folder, _, _ = csv_pair
+    pred = pd.read_csv(folder / "pred.csv")
+    row = int(np.flatnonzero(pred["dicom_id"] == "00000003-dicom")[0])
+    pred.loc[row, "Mass"] = score
+    pred.to_csv(folder / "pred.csv", index=False)
+    run = cxrlt("evaluate", "--predictions", folder / "pred.csv", "--labels", folder / "labels.csv",
+                "--schema", "cxr-lt-2024-task2")  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    expected = f"pred.csv: scores must be probabilities in [0, 1]; got line {row + 2}, class 'Mass' = {score:g}"
+    assert expected in run.stderr
+
+
+def test_a_prediction_file_with_image_id_pairs_with_dicom_id_labels(csv_pair):
+    folder, _, _ = csv_pair
+    pred = pd.read_csv(folder / "pred.csv").rename(columns={"dicom_id": "image_id"})
+    pred.insert(1, "study_id", "s1")  # the project's prediction-file layout
+    pred.to_csv(folder / "pred.csv", index=False)
+    out = folder / "result.json"
+    run = cxrlt("evaluate", "--predictions", folder / "pred.csv", "--labels", folder / "labels.csv",
+                "--schema", "cxr-lt-2024-task2", "--json", out)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert (result["id_column"], result["prediction_id_column"]) == ("dicom_id", "image_id")
+    assert result["ignored_prediction_ids"] == 1

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlt.errors import InputError
 from cxrlt.labels import TASK_SCHEMAS
-from cxrlt.submission import validate_submission
+from cxrlt.submission import expected_ids, validate_submission
 from tests.cli import cxrlt
 
 IDS = [f"{i:040x}"[-40:] for i in range(1, 31)]
@@ -104,3 +105,31 @@ def test_a_zip_without_exactly_one_csv_is_an_input_error(tmp_path, ids_csv):
         archive.writestr("b.csv", "dicom_id\n")
     run = cxrlt("submit", "validate", "--task", "t3", "--ids", ids_csv, tmp_path / "s.zip")
     assert run.returncode == 2 and "the zip must hold exactly one .csv" in run.stderr
+
+
+@pytest.mark.parametrize("member", ["sub/submission.csv", "../../x.csv"])
+def test_a_zip_whose_csv_is_not_at_the_top_level_is_refused(tmp_path, ids_csv, member):
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as archive:
+        archive.writestr(member, submission("t1").to_csv(index=False))
+    with pytest.raises(InputError, match=r"s.zip: the .csv must be at the top level of the zip, found '"):
+        validate_submission(tmp_path / "s.zip", "t1", IDS)
+
+
+def test_a_duplicate_id_in_the_id_list_is_refused_naming_its_line(tmp_path):
+    path = tmp_path / "ids.csv"
+    pd.DataFrame({"dicom_id": [*IDS[:3], IDS[1]]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=rf"ids.csv: duplicate dicom_id: {IDS[1]} \(line 3\), {IDS[1]} \(line 5\)"):
+        expected_ids(path)
+
+
+def test_messages_quote_at_most_a_short_prefix_of_a_huge_cell(tmp_path):
+    frame = submission("t1").astype(object)
+    frame.loc[0, "Mass"] = "9" * 9_000_000
+    frame.loc[1, "Edema"] = "x" * 9_000_000
+    frame.loc[2, "dicom_id"] = "y" * 9_000_000
+    path = tmp_path / "s.csv"
+    frame.to_csv(path, index=False)
+    faults = [str(f) for f in validate_submission(path, "t1", IDS).faults]
+    assert len(faults) == 4 and all(len(f) < 200 for f in faults)
+    assert "[value] line 2, column 'Mass': not a probability: '" + "9" * 60 + "'... (9000000 characters)" in faults
+    assert "[value] line 3, column 'Edema': not a probability: '" + "x" * 60 + "'... (9000000 characters)" in faults

@@ -3,8 +3,11 @@
 The optimizer is a client torch AdamW (DeepSpeed's fused Adam needs CUDA and a compiled op, and the
 same optimizer on CPU and GPU keeps one code path), over the trainable parameters only: frozen
 backbones and unused per-view encoders would otherwise sit in the ZeRO partitions with no gradient.
-Norm weights, biases and embeddings get no weight decay. bf16 runs as autocast inside the engine. The schedule is a LambdaLR that DeepSpeed
-steps once per optimizer step (after gradient accumulation), so warm-up and cosine count real updates.
+Norm weights, biases and 1-D parameters, and what a module's `no_weight_decay()` names (timm's
+convention: ViT position / class tokens, ML-Decoder queries, study slot embeddings) get no weight decay;
+dense weights do, whatever they are called (ML-Decoder's `embed` Linear, ViT's `patch_embed.proj`).
+bf16 runs as autocast inside the engine. The schedule is a LambdaLR that DeepSpeed steps once per
+optimizer step (after gradient accumulation), so warm-up and cosine count real updates.
 """
 
 from __future__ import annotations
@@ -14,20 +17,30 @@ from typing import Any
 
 import deepspeed
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from trainers.config import DeepSpeedConfig, OptimConfig
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full parameter names (fnmatch patterns) that the model's modules declare exempt from decay."""
+    names = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay", None)
+        if callable(declared):
+            names.update(f"{prefix}.{n}" if prefix else n for n in declared())
+    return names
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        # 1-D tensors are norms and biases; embeddings and position tables are not weights to shrink.
-        skip = param.ndim <= 1 or "embed" in name or name.endswith(("pos_embed", "cls_token", "queries"))
-        (no_decay if skip else decay).append(param)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    """timm's decay / no-decay split of the trainable parameters, decay group first.
+
+    By parameter kind, not by name: a substring such as "embed" also matches dense projections that
+    should decay (ML-Decoder's `head.embed`, ViT's `patch_embed.proj`).
+    """
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_names(model))
+    return sorted(groups, key=lambda g: -g["weight_decay"])
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

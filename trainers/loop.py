@@ -31,7 +31,7 @@ from cxrlt.data.shardset import ShardIndex
 from cxrlt.labels import frequency_groups
 from cxrlt.metrics import Evaluation, evaluate
 from cxrlt.models.ema import create_ema
-from cxrlt.models.losses import build_loss
+from cxrlt.models.losses import LossConfig, build_loss
 from cxrlt.models.saved import save_model
 from cxrlt.predictions import PredictionMeta, write_predictions
 from cxrlt.requeue import REQUEUE_EXIT_CODE, STOP_SIGNALS, stop_requested
@@ -115,6 +115,12 @@ def improved(score: float, best: float | None, monitor: str, min_delta: float) -
     return score < best - min_delta if monitor == "loss" else score > best + min_delta
 
 
+def build_criterion(loss: LossConfig, index: ShardIndex, split: str) -> torch.nn.Module:
+    """The configured loss, weighted by `split`'s positive counts (None for a class the split never
+    annotates, so it neither gets nor distorts a frequency weight)."""
+    return build_loss(loss, index.positive_counts(split), index.splits[split])
+
+
 def train_step(
     engine: Any, criterion: torch.nn.Module, batch: dict[str, Any], level: str, device: torch.device,
     pseudo: PseudoLabels | None = None, held_out: Sequence[int] = (), clip: float = 0.0,
@@ -158,7 +164,7 @@ def train_member(
     model = build_member_model(cfg, classes).to(ctx.device)
     torch.manual_seed(cfg.run.seed * 1000 + 1 + ctx.rank)  # per-rank dropout / stochastic depth
     ema = create_ema(model, cfg.ema)
-    criterion = build_loss(cfg.loss, [train_counts.get(c, 0) for c in classes], train_total).to(ctx.device)
+    criterion = build_criterion(cfg.loss, index, cfg.data.train_split).to(ctx.device)
 
     reader_cfg = ReaderConfig(
         level=level, split=cfg.data.train_split, batch_size=cfg.data.batch_size, max_views=cfg.data.max_views,

@@ -1,5 +1,6 @@
 """The member's model: built from config, started from a trained-model file when asked, backbone frozen
-when asked.
+when asked (no gradients, and eval mode through every later `.train()`, so its BatchNorm running
+statistics stay those it was trained with).
 
 Starting points (stage.init_from, a `best.pt` / `last.pt` of an earlier run):
 - image and student stages load the whole model, so the file's classes must be the shards' classes;
@@ -9,6 +10,7 @@ Starting points (stage.init_from, a `best.pt` / `last.pt` of an earlier run):
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 
 from torch import nn
@@ -23,6 +25,23 @@ _BACKBONE_PREFIX = "backbone.model."
 def backbones(model: nn.Module) -> list[nn.Module]:
     """The image encoder(s): one for an image model, one per view encoder for a study model."""
     return list(model.encoders) if hasattr(model, "encoders") else [model.backbone]
+
+
+def _stay_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(module, False)
+
+
+def freeze(module: nn.Module) -> None:
+    """No gradients and eval mode for `module`, kept when a parent's `.train()` reaches it.
+
+    requires_grad alone is not frozen: in train mode BatchNorm still updates its running statistics
+    from every batch (and dropout / drop-path stay on). The loop calls `engine.train()` each epoch and
+    inference restores train mode, so `train` itself is pinned to eval on this instance (a bound
+    method, which deepcopy, as EMA uses, rebinds to the copy).
+    """
+    module.requires_grad_(False)
+    module.train = types.MethodType(_stay_eval, module)  # type: ignore[method-assign]
+    module.eval()
 
 
 def _load_backbone(model: nn.Module, saved: SavedModel, backbone_name: str) -> None:
@@ -64,5 +83,5 @@ def build_member_model(cfg: TrainConfig, classes: Sequence[str]) -> nn.Module:
             _load_whole(model, saved, classes)
     if cfg.stage.freeze_backbone:
         for encoder in backbones(model):
-            encoder.requires_grad_(False)
+            freeze(encoder)
     return model

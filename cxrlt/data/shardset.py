@@ -5,11 +5,14 @@ a split by picking shards) plus `_index.json`:
 
     {schema, classes, level ("image" | "study"), num_samples, shards: [{file, split, num_samples}],
      splits: {split: num_samples}, class_counts: {class: positives}, split_class_counts:
-     {split: {class: positives}}, sources: [...], skipped: [{id, path, reason, detail}],
-     num_skipped, image_format, max_size, plan_hash, views_dropped, created_by}
+     {split: {class: positives}}, split_known_counts: {split: {class: known}}, sources: [...],
+     skipped: [{id, path, reason, detail}], num_skipped, image_format, max_size, plan_hash, views_dropped,
+     created_by}
 
 `class_counts` counts samples whose label is 1 (unknown and negative do not count); at study level a
-sample is a study. `plan_hash` fingerprints the inputs and options, so a resumed run can tell its own
+sample is a study. `split_known_counts` counts samples whose label is known (1 or 0), so a class never
+annotated in a split (known 0) can be told from one annotated without a positive; indexes written
+before it existed lack it (None). `plan_hash` fingerprints the inputs and options, so a resumed run can tell its own
 partial output from another run's. A study-level set stores every view of a study by default;
 `views_dropped` counts the views left out by an explicit `--max-views` cap (by request, not skipped for
 a fault), 0 without one.
@@ -116,6 +119,20 @@ class ShardIndex:
     plan_hash: str
     views_dropped: int = 0
     created_by: dict[str, Any] = field(default_factory=dict)
+    split_known_counts: dict[str, dict[str, int]] | None = None
+
+    def positive_counts(self, split: str) -> list[int | None]:
+        """Positives per class of one split in class order; None for a class with no known label there.
+
+        A class no sample of the split annotates (e.g. one a source lacks) has no frequency at all, which
+        count-derived loss weights must not read as 0 positives. An index without known counts cannot
+        tell the two apart, so there a class without positives is None as well.
+        """
+        positives = self.split_class_counts.get(split, {})
+        if self.split_known_counts is None:
+            return [positives.get(c) or None for c in self.classes]
+        known = self.split_known_counts.get(split, {})
+        return [positives.get(c, 0) if known.get(c, 0) > 0 else None for c in self.classes]
 
     def shards_for(self, split: str | None) -> list[ShardEntry]:
         """The shards of one split (all shards for None), in index order."""

@@ -4,7 +4,7 @@ Pixels are decoded and re-encoded in a process pool (`workers`); results come ba
 the parent writes each shard with webdataset's TarWriter (mtime fixed, so equal input gives
 byte-identical shards) through `atomic_path`, so a killed run leaves either a complete shard or none.
 After each shard a small record of it (`.progress/<shard>.json`: sample count, skipped images, positive
-counts, plan fingerprint) is written; a rerun with the same plan keeps every shard that has one and
+and known-label counts, plan fingerprint) is written; a rerun with the same plan keeps every shard that has one and
 writes only the rest, then assembles `_index.json` from the records.
 """
 
@@ -102,7 +102,8 @@ class ShardWriter:
         if not (self.out / shard).is_file() or not record_path.is_file():
             return None
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        return record if record.get("plan_hash") == fingerprint else None
+        # A record of an older cxrlt lacks the known-label counts the index needs: write that shard again.
+        return record if record.get("plan_hash") == fingerprint and "known" in record else None
 
     def _check_foreign(self, fingerprint: str) -> None:
         """Refuse to mix two different runs' shards in one folder."""
@@ -160,6 +161,7 @@ class ShardWriter:
         self, name: str, split: str, chunk: list[PlannedSample], encoded: Iterator[EncodedSample], plan: Plan
     ) -> dict:
         positives = np.zeros(len(self.schema), dtype=np.int64)
+        known = np.zeros(len(self.schema), dtype=np.int64)
         skipped: list[dict[str, str]] = []
         written = 0
         with atomic_path(self.out / name) as tmp, open(tmp, "wb") as stream:
@@ -174,10 +176,11 @@ class ShardWriter:
                         continue
                     tar.write(entries)
                     positives += sample.labels == 1.0
+                    known += sample.labels >= 0
                     written += 1
         record = {
             "plan_hash": plan.fingerprint, "split": split, "num_samples": written, "skipped": skipped,
-            "positives": positives.tolist(),
+            "positives": positives.tolist(), "known": known.tolist(),
         }  # fmt: skip
         write_text_atomic(self._record_path(name), json.dumps(record, sort_keys=True))
         return record
@@ -186,11 +189,13 @@ class ShardWriter:
         entries = [ShardEntry(name, split, records[name]["num_samples"]) for name, split, _ in shards]
         splits: dict[str, int] = {}
         split_positives: dict[str, np.ndarray] = {}
+        split_known: dict[str, np.ndarray] = {}
         skipped: list[dict[str, str]] = []
         for name, split, _ in shards:
             record = records[name]
             splits[split] = splits.get(split, 0) + record["num_samples"]
             split_positives[split] = split_positives.get(split, 0) + np.asarray(record["positives"])
+            split_known[split] = split_known.get(split, 0) + np.asarray(record["known"])
             skipped.extend(record["skipped"])
         classes = list(self.schema.classes)
         total = sum(split_positives.values(), np.zeros(len(classes), dtype=np.int64))
@@ -203,6 +208,7 @@ class ShardWriter:
             splits=splits,
             class_counts=dict(zip(classes, map(int, total))),
             split_class_counts={s: dict(zip(classes, map(int, p))) for s, p in split_positives.items()},
+            split_known_counts={s: dict(zip(classes, map(int, k))) for s, k in split_known.items()},
             sources=sources,
             skipped=skipped,
             num_skipped=len(skipped),

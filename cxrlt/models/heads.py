@@ -163,6 +163,10 @@ class MLDecoderHead(nn.Module):
             raise ValueError(f"class_embeddings must be (K, {self.class_embeddings.shape[1]})")
         self.class_embeddings = class_embeddings.detach().to(self.class_embeddings).clone()
 
+    def no_weight_decay(self) -> set[str]:
+        """The group queries are query embeddings, not weights to shrink (read by the trainer, as timm's)."""
+        return set() if self.text_mode else {"queries"}
+
     def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         memory = F.relu(self.embed(as_tokens(features)))
         batch = memory.shape[0]

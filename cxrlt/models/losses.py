@@ -73,16 +73,21 @@ def weights_from_counts(
 ) -> torch.Tensor:
     """timm's count-derived weights ('neg_pos' or 'inv_freq'); classes without a count get 1.
 
-    A class without a count (a zero-shot class) has only unknown labels in training, so its weight never
-    touches a gradient; 1 keeps it neutral instead of inventing a frequency.
+    A class without a count (None: a zero-shot class, or one the training split never annotates) has
+    only unknown labels in training, so its weight never touches a gradient; 1 keeps it neutral instead
+    of inventing a frequency. A class annotated without a positive (count 0) is computed apart and gets
+    the weight of the rarest class with positives: timm would clamp its count to 1, giving it the largest
+    weight of all, and the mean-1 normalisation of 'inv_freq' would then shrink every other class.
     """
-    known = [i for i, c in enumerate(counts) if c is not None]
+    observed = [i for i, c in enumerate(counts) if c is not None and c > 0]
+    absent = [i for i, c in enumerate(counts) if c == 0]
     weights = torch.ones(len(counts))
-    if known:
+    if observed:
         _, computed = compute_class_weights(
-            [counts[i] for i in known], total, method=method, power=power, max_weight=max_weight
+            [counts[i] for i in observed], total, method=method, power=power, max_weight=max_weight
         )
-        weights[known] = computed
+        weights[observed] = computed
+        weights[absent] = computed[torch.tensor([counts[i] for i in observed]).argmin()]
     return weights
 
 

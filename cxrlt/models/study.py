@@ -89,6 +89,11 @@ class StudyModel(nn.Module):
         self.fusion = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
         self.head = head
 
+    def no_weight_decay(self) -> set[str]:
+        """Slot, view-type and segment embeddings are position-like tables, not weights to shrink."""
+        tables = {"slot_embed": self.slot_embed, "type_embed": self.type_embed, "segment_embed": self.segment_embed}
+        return {f"{name}.weight" for name, table in tables.items() if table is not None}
+
     def forward(
         self,
         images: torch.Tensor,

@@ -124,3 +124,15 @@ def test_csv_folder_with_column_map_and_bad_label_value(tmp_path, read_back, mak
     bad.write_text(table.read_text().replace("x3.png,P1,train,1,-1", "x3.png,P1,train,yes,-1"))
     with pytest.raises(InputError, match=r"bad.csv: column 'Pneumothorax': label values must be 1, 0, -1 or blank; got line 5 = 'yes'"):
         read_csv_folder(bad, tmp_path / "img", target, columns)
+
+
+def test_csv_folder_places_every_label_column_or_refuses(tmp_path):
+    table = tmp_path / "nih.csv"
+    table.write_text("path,patient_id,Effusion,Pleural_Thickening,Hernia\nx0.png,P0,1,0,1\nx1.png,P1,0,1,0\n")
+    target = get_schema("nih-14")
+    records = read_csv_folder(table, tmp_path, target, CsvColumns()).records  # NIH's own spelling
+    labels = {c: [r.labels[target.index(c)] for r in records] for c in ("Effusion", "Pleural_Thickening", "Hernia")}
+    assert labels == {"Effusion": [1.0, 0.0], "Pleural_Thickening": [0.0, 1.0], "Hernia": [1.0, 0.0]}
+    with pytest.raises(InputError, match=r"nih.csv: label column\(s\) 'Effusion', 'Pleural_Thickening' match no "
+                                         r"class of 'nih-14' under naming 'cxr-lt'.*--columns naming="):
+        read_csv_folder(table, tmp_path, target, CsvColumns(naming="cxr-lt"))

@@ -74,3 +74,17 @@ def test_folds_never_split_a_patient_and_oof_never_sees_its_own_rows():
         return np.full((test.size, 1), folds[test[0]], dtype=np.float32)
 
     np.testing.assert_array_equal(out_of_fold(folds, fit_predict, 1)[:, 0], folds)
+
+
+def test_the_declared_scikit_learn_floor_has_a_shuffling_group_kfold():
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    requirement = next(Requirement(d) for d in pyproject["project"]["dependencies"] if d.startswith("scikit-learn"))
+    # GroupKFold's shuffle and random_state (patient_folds uses both) arrived in scikit-learn 1.6.
+    assert not requirement.specifier.contains(Version("1.5.2"))
+    assert requirement.specifier.contains(Version("1.6.0"))

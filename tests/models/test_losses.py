@@ -145,3 +145,11 @@ def test_focusing_powers_below_one_keep_gradients_finite_on_confident_negatives(
     logits = torch.tensor([[-30.0, 30.0, 0.0, -2.9444]], requires_grad=True)
     loss(logits, torch.tensor([[0.0, 1.0, 0.0, 0.0]])).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_a_class_annotated_without_positives_neither_dominates_nor_shrinks_the_others():
+    asl = build_loss(LossConfig(name="weighted_asl"), [50, 20, 5, 0, None], 450)
+    weights = asl.asl.weight
+    assert weights[:3].mean().item() == pytest.approx(1.0, rel=1e-5)  # the normalisation ignores 0 and None
+    assert weights[3].item() == pytest.approx(weights[2].item())  # like the rarest observed class
+    assert weights[4].item() == 1.0

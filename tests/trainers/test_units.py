@@ -126,3 +126,84 @@ def test_validation_decides_best_epoch_and_early_stop_from_patience():
     assert not is_best and not stop  # first epoch without improvement
     _, is_best, stop = _validate(cfg, TrainState(best_score=0.9, bad_epochs=1), outputs, ["A"], {})
     assert not is_best and stop  # the second one reaches patience 2
+
+
+def test_trainer_loss_weights_leave_never_annotated_classes_neutral(tmp_path):
+    from cxrlt.data.build import BuildOptions, build_shards
+    from cxrlt.data.shardset import read_index
+    from cxrlt.data.sources.starter import read_starter
+    from cxrlt.data.writer import WriterOptions
+    from cxrlt.labels import get_schema
+    from cxrlt.models.losses import LossConfig
+    from trainers.loop import build_criterion
+
+    schema = get_schema("nih-14")
+    table = read_starter(schema)
+    table.records = table.records[:60]
+    never, none_positive = [schema.index("Hernia"), schema.index("Fibrosis")], schema.index("Edema")
+    for record in table.records:
+        record.labels = record.labels.copy()
+        record.labels[never] = -1.0  # a source that lacks these classes
+        record.labels[none_positive] = 0.0
+    build_shards(table, schema, tmp_path, BuildOptions(), WriterOptions(max_size=8, samples_per_shard=100))
+    index = read_index(tmp_path)
+    counts = index.positive_counts("train")
+    assert [counts[i] for i in never] == [None, None] and counts[none_positive] == 0
+
+    weights = build_criterion(LossConfig(name="weighted_asl"), index, "train").asl.weight
+    observed = [i for i, c in enumerate(counts) if c]
+    assert weights[never].tolist() == [1.0, 1.0]
+    assert weights[observed].mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert weights[none_positive].item() == pytest.approx(weights[observed].max().item())
+
+    index.split_known_counts = None  # an index written before known counts: zero positives read as no count
+    assert index.positive_counts("train")[none_positive] is None
+
+
+def test_a_frozen_batchnorm_backbone_keeps_its_running_statistics_through_training():
+    from cxrlt.config import from_dict
+    from cxrlt.models.ema import create_ema
+    from trainers.config import TrainConfig
+    from trainers.modelinit import build_member_model
+
+    cfg = from_dict(TrainConfig, {
+        "model": {"backbone": {"name": "tf_efficientnetv2_b0", "img_size": 32}, "head": {"name": "linear"}},
+        "stage": {"freeze_backbone": True},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model = build_member_model(cfg, ["a", "b", "c"])
+    ema = create_ema(model, cfg.ema)
+    norms = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    before = [n.running_mean.clone() for n in norms]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        model.train()  # as the loop's engine.train() does each epoch
+        model(torch.randn(4, 1, 32, 32)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(n.running_mean, b) for n, b in zip(norms, before))
+    assert model.training and not model.backbone.training and not any(n.training for n in norms)
+    if ema is not None:
+        ema.module.train()
+        assert not ema.module.backbone.training
+
+
+def test_weight_decay_follows_parameter_kind_not_name_on_vit_with_ml_decoder():
+    from cxrlt.config import from_dict
+    from cxrlt.models.factory import ModelConfig, build_model
+
+    cfg = from_dict(ModelConfig, {
+        "backbone": {"name": "vit_tiny_patch16_224", "img_size": 32},
+        "head": {"name": "ml_decoder", "decoder_dim": 32, "num_heads": 2, "ffn_dim": 64, "num_groups": 2,
+                 "learnable_queries": True},
+    })  # fmt: skip
+    model = build_model(cfg, ["a", "b", "c"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = parameter_groups(model, 0.05)
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert {"head.embed.weight", "head.group_weight", "backbone.model.patch_embed.proj.weight"} <= decayed
+    assert {
+        "head.queries", "head.embed.bias", "head.layers.0.norm1.weight", "backbone.model.pos_embed",
+        "backbone.model.cls_token", "backbone.model.norm.weight", "backbone.model.patch_embed.proj.bias",
+    } <= exempt  # fmt: skip

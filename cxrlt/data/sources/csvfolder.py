@@ -1,8 +1,9 @@
 """Any folder of images + a CSV, described by a column map (`CsvColumns`).
 
-Label columns are named in the target schema's spelling (or listed explicitly); their cells must be
-1, 0, -1 or blank, with -1 and blank read by configurable policies (default: unknown). A `split`
-column, when mapped, must hold train / dev / test (valid, val and validation mean dev).
+Label columns are named in the target schema's spelling (or listed explicitly, spelled under `naming`,
+default the target's); their cells must be 1, 0, -1 or blank, with -1 and blank read by configurable
+policies (default: unknown). A label column the target schema cannot place is an error, never dropped.
+A `split` column, when mapped, must hold train / dev / test (valid, val and validation mean dev).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cxrlt.data.records import (
 )  # fmt: skip
 from cxrlt.data.shardset import SPLITS, normalise_sex, normalise_view
 from cxrlt.errors import InputError
-from cxrlt.labels import Schema
+from cxrlt.labels import ALIASES, Schema, harmonisation_index
 from cxrlt.tables import line_of, require_columns
 
 _SPLIT_SPELLINGS = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "validation": "dev", "test": "test"}
@@ -37,7 +38,7 @@ class CsvColumns:
     split: str | None = None
     indication: str | None = None
     labels: list[str] | None = None
-    naming: str = "cxr-lt"
+    naming: str | None = None  # None: the target schema's spelling
     uncertain: UncertainPolicy = "unknown"
     blank: UncertainPolicy = "unknown"
 
@@ -49,6 +50,22 @@ def _split(value: object, table: str | Path, row: int, column: str) -> str | Non
     if text.lower() not in _SPLIT_SPELLINGS:
         raise InputError(f"{table}: line {line_of(row)}, column {column!r}: split {text!r} is not one of {SPLITS}")
     return _SPLIT_SPELLINGS[text.lower()]
+
+
+def _require_placed(label_columns: list[str], naming: str, target: Schema, table: str | Path) -> None:
+    """Every label column must land on a target class: one that does not would become unknown on every
+    row, silently, while the index still lists the class."""
+    if naming not in ALIASES:
+        raise InputError(f"--columns naming={naming!r}: expected one of {', '.join(ALIASES)}")
+    source = Schema(name=str(table), classes=tuple(label_columns), description="label columns", naming=naming)
+    placed = set(harmonisation_index(source, target).tolist())
+    unplaced = [c for i, c in enumerate(label_columns) if i not in placed]
+    if unplaced:
+        raise InputError(
+            f"{table}: label column(s) {', '.join(map(repr, unplaced))} match no class of {target.name!r} "
+            f"under naming {naming!r} (or repeat another column's class); pass the naming the columns "
+            f"follow (--columns naming=..., one of {', '.join(ALIASES)}) or leave them out with --label-columns"
+        )
 
 
 def read_csv_folder(table: str | Path, images: str | Path, target: Schema, columns: CsvColumns) -> SourceTable:
@@ -64,8 +81,10 @@ def read_csv_folder(table: str | Path, images: str | Path, target: Schema, colum
     if not label_columns:
         raise InputError(f"{table}: no label columns named like the classes of {target.name!r}; list them explicitly")
     require_columns(frame, label_columns, table)
+    naming = columns.naming or target.naming
+    _require_placed(label_columns, naming, target, table)
     native = parse_label_columns(frame, label_columns, table, uncertain=columns.uncertain, blank=columns.blank)
-    labels = to_target(native, label_columns, columns.naming, target, str(table))
+    labels = to_target(native, label_columns, naming, target, str(table))
     records = []
     for i, row in enumerate(frame[list(mapped.values())].itertuples(index=False, name=None)):
         cell = dict(zip(mapped, row))
