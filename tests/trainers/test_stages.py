@@ -31,15 +31,20 @@ def chexpert_shards(tmp_path_factory):
     return out
 
 
-def test_predict_gives_the_same_file_on_one_and_two_ranks(trained, starter64, tmp_path):
-    files = {}
+def predict_on_one_and_two_ranks(model, shards, split, tmp_path, *options):
+    """`cxrlt predict` of `split` with 1 and 2 ranks: the two prediction files, read."""
+    files = []
     for nproc in (1, 2):
-        out = tmp_path / f"test-{nproc}.csv"
-        args = ["predict", trained / "best.pt", "--shards", starter64, "--split", "test", "--out", out]
-        result = cxrlt(*args, "--tta", "hflip", "--nproc", nproc, cwd=tmp_path)
+        out = tmp_path / f"{shards.name}-{split}-{nproc}.csv"
+        args = ["predict", model, "--shards", shards, "--split", split, "--out", out, *options, "--nproc", nproc]
+        result = cxrlt(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-        files[nproc] = read_predictions(out)
-    one, two = files[1], files[2]
+        files.append(read_predictions(out))
+    return files
+
+
+def test_predict_gives_the_same_file_on_one_and_two_ranks(trained, starter64, tmp_path):
+    one, two = predict_on_one_and_two_ranks(trained / "best.pt", starter64, "test", tmp_path, "--tta", "hflip")
     assert len(one.image_ids) == 52 and list(one.image_ids) == list(two.image_ids)
     np.testing.assert_allclose(one.probs, two.probs, atol=1e-6)
     assert one.meta.split == "test" and one.meta.tta == "hflip" and one.meta.schema == "nih-14"
@@ -69,14 +74,7 @@ def test_study_stage_starts_from_the_image_checkpoint_with_a_frozen_backbone(tra
     # (batches of 3 split a study's view chunks across batches).
     multiview = tmp_path / "multiview"
     build_multiview_shards(multiview)
-    files = {}
-    for nproc in (1, 2):
-        out_file = tmp_path / f"multiview-{nproc}.csv"
-        args = ["predict", out / "best.pt", "--shards", multiview, "--split", "dev", "--out", out_file]
-        result = cxrlt(*args, "--batch-size", "3", "--nproc", nproc, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        files[nproc] = read_predictions(out_file)
-    one, two = files[1], files[2]
+    one, two = predict_on_one_and_two_ranks(out / "best.pt", multiview, "dev", tmp_path, "--batch-size", "3")
     assert sorted(one.image_ids) == sorted(f"dev{s}-img{v}" for s, n in enumerate(VIEW_COUNTS) for v in range(n))
     assert list(one.image_ids) == list(two.image_ids) and list(one.study_ids) == list(two.study_ids)
     np.testing.assert_allclose(one.probs, two.probs, atol=1e-6)
