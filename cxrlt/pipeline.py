@@ -14,12 +14,13 @@ submission that has labels).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from cxrlt.config import OVERRIDE_ORIGIN, ConfigError, apply_overrides, from_dict, read_toml
+from cxrlt.errors import InputError
 from cxrlt.labels import TASK_SCHEMAS
 
 
@@ -374,3 +375,22 @@ def submission_file(cfg: PipelineConfig, sub: Submission) -> Path:
 
 def report_dir(cfg: PipelineConfig, sub: Submission) -> Path:
     return cfg.out_dir / "report" / sub.task
+
+
+def check_train_steps(cfg: PipelineConfig, steps: Sequence[Step], load: Callable[[Path, list[str]], object]) -> None:
+    """Load every train step's config as `cxrlt train` will (`load(config file, --set overrides)`, e.g.
+    trainers' TrainConfig loader), so an unknown backbone or a bad size stops the pipeline before it
+    shards or tunes. A tuned base config (tune/best.toml) that does not exist yet is stood in for by the
+    train step's own base config, which the tune step starts from. ConfigError naming the member."""
+    members = {f"train-{m.name}": m for m in cfg.members}
+    for step in steps:
+        if step.argv[0] != "train" or step.name not in members:
+            continue
+        base = Path(step.argv[1])
+        if not base.is_file() and cfg.tune is not None:
+            base = cfg.train.config
+        overrides = [step.argv[i + 1] for i, word in enumerate(step.argv) if word == "--set"]
+        try:
+            load(base, overrides)
+        except InputError as e:
+            raise ConfigError(f"pipeline member {members[step.name].name!r} ({step.name}, {base}): {e}") from None

@@ -35,6 +35,9 @@ MAX_PARAM_LENGTH = 6000
 # Set by `cxrlt pipeline` (and its SLURM jobs) for the commands it runs: each command's top-level run
 # becomes a child of the pipeline's run, so one parent holds everything a pipeline did.
 PARENT_RUN_ENV = "CXRLT_PARENT_RUN_ID"
+# On a run started instead of reopening an earlier one (its params disagree with the new config, or the
+# store no longer holds it): the earlier run's id, so the two stay linked in the UI and in searches.
+PREVIOUS_RUN_TAG = "cxrlt.previous_run_id"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
@@ -66,7 +69,7 @@ class Run:
             return
         from mlflow.entities import Param
 
-        items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
         self.client.log_batch(self.run_id, params=items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -89,6 +92,11 @@ class Run:
         if self.run_id is None:
             return
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _param_value(value: Any) -> str:
+    """A param as MLflow stores it (what `Run.log_params` logs)."""
+    return str(value)[:MAX_PARAM_LENGTH]
 
 
 def _now_ms() -> int:
@@ -128,16 +136,25 @@ class Tracker:
         parent_run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
         resume_run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Iterator[Run]:
         """Open a run in `experiment`; it ends FINISHED, or FAILED on an error. A child of `parent_run_id`
         (default: $CXRLT_PARENT_RUN_ID) is created in its parent's experiment instead.
 
         `resume_run_id`: continue that run (a resumed or requeued job keeps one run and one metric
-        history) instead of creating one; it is reopened as RUNNING.
+        history) instead of creating one; it is reopened as RUNNING. `params`: the params the caller is
+        about to log; MLflow refuses to change a logged param, so when that run recorded other values for
+        any of them (a rerun with a fixed config), or the store does not hold it, a new run is created
+        instead, tagged with the earlier run's id (PREVIOUS_RUN_TAG).
         """
         if not is_rank_zero():
             yield Run(None, None)
             return
+        if resume_run_id is not None and params is not None:
+            changed = self.changed_params(resume_run_id, params)
+            if changed is None or changed:
+                tags = {**(tags or {}), PREVIOUS_RUN_TAG: resume_run_id}
+                resume_run_id = None
         if resume_run_id is not None:
             run_id = resume_run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -165,6 +182,16 @@ class Tracker:
             self.client.set_terminated(run_id, status="KILLED" if stopped else "FAILED")
             raise
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def changed_params(self, run_id: str, params: Mapping[str, Any]) -> list[str] | None:
+        """The keys of `params` that run `run_id` recorded with another value (None: no such run)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            recorded = self.client.get_run(run_id).data.params
+        except MlflowException:
+            return None
+        return sorted(k for k, v in params.items() if str(k) in recorded and recorded[str(k)] != _param_value(v))
 
     def children(self, run_id: str) -> list[Any]:
         """The runs whose parent is `run_id`, in any experiment of this store."""

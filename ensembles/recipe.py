@@ -69,8 +69,40 @@ class Recipe:
         return np.clip(Calibrator.from_state(self.calibration).predict(aggregated), 0.0, 1.0)
 
 
+# Sidecar fields that identify a member beyond its model name: the files applied must come from the same
+# trained model (config, checkpoint) scored the same way (TTA) as the ones the recipe was fitted on. The
+# MLflow run id is recorded but not compared: dev and test predictions may come from different runs.
+PINNED = ("config_hash", "checkpoint", "tta")
+
+
 def member_record(meta: PredictionMeta) -> dict[str, Any]:
     return {k: getattr(meta, k) for k in ("model", "config_hash", "checkpoint", "mlflow_run_id", "tta")}
+
+
+def _same_checkpoint(recorded: str | None, found: str | None) -> bool:
+    """Equal paths; a relative path (training's dev predictions) also matches an absolute one (`cxrlt
+    predict` resolves it) that ends with it."""
+    if recorded is None or found is None:
+        return recorded == found
+    a, b = Path(recorded), Path(found)
+    if a == b:
+        return True
+    if a.is_absolute() == b.is_absolute():
+        return False
+    relative, absolute = (a, b) if b.is_absolute() else (b, a)
+    return absolute.parts[-len(relative.parts):] == relative.parts
+
+
+def check_member(record: dict[str, Any], path: Path, meta: PredictionMeta) -> None:
+    """InputError naming the member, the file and the field when `meta` is not the recorded member's.
+    A field the record lacks (a recipe written before it was recorded) is not checked."""
+    for key in PINNED:
+        same = _same_checkpoint if key == "checkpoint" else (lambda a, b: a == b)
+        if key in record and not same(record[key], getattr(meta, key)):
+            raise InputError(
+                f"{path}: member {record['model']!r} has {key} {getattr(meta, key)!r} in its sidecar, but the "
+                f"recipe was fitted on {key} {record[key]!r}; these predictions come from another model or TTA"
+            )
 
 
 def stack_for(recipe: Recipe, paths: list[str | os.PathLike]) -> MemberStack:
@@ -84,6 +116,8 @@ def stack_for(recipe: Recipe, paths: list[str | os.PathLike]) -> MemberStack:
     if missing or extra:
         raise InputError(f"prediction files do not match the recipe's members: missing models {missing}, not in the recipe {extra}")
     order = [names.index(n) for n in recipe.member_names]
+    for record, i in zip(recipe.members, order):
+        check_member(record, stack.members[i].path, stack.members[i].meta)
     return MemberStack(
         members=tuple(stack.members[i] for i in order),
         classes=stack.classes,

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from cxrlt.errors import InputError
-    from cxrlt.pipeline import TASK_TITLES, load_pipeline, make_plan, submission_file
+    from cxrlt.config import load_config
+    from cxrlt.pipeline import TASK_TITLES, check_train_steps, load_pipeline, make_plan, submission_file
+    from trainers.config import TrainConfig
     from cxrlt.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, sqlite_uri
     from launch.console import make_console
 
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_pipeline(args.config, args.overrides)
     cfg = replace(cfg, out_dir=cfg.out_dir.resolve())
     steps = make_plan(cfg)
+    check_train_steps(cfg, steps, lambda path, overrides: load_config(TrainConfig, path, overrides))
     state = State(cfg.out_dir / STATE_FILE)
     if args.dry_run:
         for i, step in enumerate(steps, 1):

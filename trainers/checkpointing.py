@@ -10,12 +10,23 @@ One checkpoint is a folder `checkpoints/step-<optimizer step>/` holding
 All ranks write into `.tmp-step-<n>/`; after a barrier rank 0 renames it and rewrites `latest`, so a
 run killed at any moment leaves only complete checkpoints visible. Everything except DeepSpeed's own
 files loads with `weights_only=True`.
+
+Resuming (`restore`) tries the checkpoint `latest` names, then the older kept ones, newest first. A
+checkpoint whose files are damaged (a `.pt` that is not a whole zip or fails its CRC-32 check, which
+`torch.load` does not do; a `state.json` that does not parse; DeepSpeed refusing it) is passed over
+with a warning naming the bad file; only when none loads is it an InputError. Every rank checks the
+same files, so all ranks fall back to the same checkpoint. A later save removes checkpoints newer
+than itself (the abandoned damaged ones), so pruning keeps the good ones.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import shutil
+import sys
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +37,7 @@ from cxrlt.atomic import atomic_path, write_text_atomic
 from cxrlt.errors import InputError
 from trainers import distributed
 
+STEP_DIR = re.compile(r"step-\d+")
 LATEST = "latest"
 STATE = "state.json"
 EMA = "ema.pt"
@@ -56,6 +68,35 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class DamagedCheckpoint(InputError):
+    """A checkpoint folder with a damaged file; the message names the file."""
+
+
+def check_files(folder: Path, want_ema: bool) -> None:
+    """Raise DamagedCheckpoint naming the first damaged file of a checkpoint folder."""
+    try:
+        payload = json.loads((folder / STATE).read_text(encoding="utf-8"))
+        payload.pop("config_hash", None)
+        TrainState(**payload)
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{folder / STATE} is missing") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise DamagedCheckpoint(f"{folder / STATE} is damaged ({e})") from None
+    if want_ema and not (folder / EMA).is_file():
+        raise DamagedCheckpoint(f"{folder / EMA} is missing")
+    weights = sorted(folder.rglob("*.pt"))
+    if not any(p.name.endswith("model_states.pt") for p in weights):
+        raise DamagedCheckpoint(f"{folder} has no DeepSpeed model states (*model_states.pt)")
+    for path in weights:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise DamagedCheckpoint(f"{path} is truncated or damaged ({e})") from None
+        if bad is not None:
+            raise DamagedCheckpoint(f"{path} is damaged (record {bad} fails its CRC-32 check)")
+
+
 class Checkpointer:
     """Saves and restores engine + trainer state under `run_dir/checkpoints`."""
 
@@ -72,6 +113,48 @@ class Checkpointer:
         if not (folder / STATE).is_file():
             raise InputError(f"{pointer} names {folder.name}, which is not a complete checkpoint")
         return folder
+
+    def _steps(self) -> list[Path]:
+        """Complete checkpoint folders, newest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name)), reverse=True)
+
+    def exists(self) -> bool:
+        """Whether the run has any checkpoint (or a `latest` pointer) to resume from."""
+        return (self.root / LATEST).is_file() or bool(self._steps())
+
+    def candidates(self) -> list[Path]:
+        """The folder `latest` names, then the older kept ones, newest first; every kept one, newest
+        first, when the pointer is missing, unreadable or names no folder."""
+        folders = self._steps()
+        try:
+            named = self.root / (self.root / LATEST).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return folders
+        if named not in folders:
+            return folders
+        return [named] + [p for p in folders if p.name < named.name]
+
+    def restore(self, engine: Any, ema: torch.nn.Module | None, config_hash: str) -> tuple[TrainState, Path]:
+        """Load the newest kept checkpoint that loads (see the module docstring): (state, its folder)."""
+        folders = self.candidates()
+        problems: list[str] = []
+        for folder in folders:
+            try:
+                check_files(folder, ema is not None)
+                state = self.load(folder, engine, ema, config_hash)
+            except DamagedCheckpoint as e:
+                problems.append(str(e))
+                if self.rank == 0:
+                    print(f"warning: cannot resume from {folder.name}: {e}; trying the previous checkpoint", file=sys.stderr)
+                continue
+            if problems and self.rank == 0:
+                print(f"warning: resuming from the older checkpoint {folder.name}: {problems[0]}", file=sys.stderr)
+            return state, folder
+        if not folders:
+            raise InputError(f"{self.root / LATEST} names no checkpoint folder that exists; start a new out_dir")
+        raise InputError(f"{self.root}: no kept checkpoint loads ({'; '.join(problems)}); start a new out_dir")
 
     def save(self, engine: Any, state: TrainState, ema: torch.nn.Module | None, config_hash: str) -> Path:
         """`ema`: the averaged model itself (ModelEmaV3.module), or None."""
@@ -99,7 +182,10 @@ class Checkpointer:
         return final
 
     def _prune(self, keep: Path) -> None:
-        done = sorted(p for p in self.root.glob("step-*") if p.is_dir() and p != keep)
+        # Newer than `keep`: left by a run that resumed from an older checkpoint past damaged ones.
+        for abandoned in (p for p in self._steps() if p.name > keep.name):
+            shutil.rmtree(abandoned, ignore_errors=True)
+        done = sorted(p for p in self._steps() if p != keep)
         for old in done[: max(0, len(done) - (self.keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -112,11 +198,17 @@ class Checkpointer:
                 f"{folder}: written by a different config (hash {saved_hash}, now {config_hash}); "
                 "resume with the run's own config.toml or start a new out_dir"
             )
-        loaded, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        try:
+            loaded, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
+            raise DamagedCheckpoint(f"{folder}: DeepSpeed could not load it ({type(e).__name__}: {e})") from None
         if loaded is None:
-            raise InputError(f"{folder}: DeepSpeed could not load this checkpoint")
+            raise DamagedCheckpoint(f"{folder}: DeepSpeed could not load this checkpoint")
         if ema is not None:
-            ema.load_state_dict(torch.load(folder / EMA, map_location="cpu", weights_only=True))
+            try:
+                ema.load_state_dict(torch.load(folder / EMA, map_location="cpu", weights_only=True))
+            except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
+                raise DamagedCheckpoint(f"{folder / EMA} does not load ({type(e).__name__}: {e})") from None
         return TrainState(**payload)
 
     def restore_rng(self, folder: Path) -> None:

@@ -6,6 +6,7 @@ edit. Paths are resolved relative to the working directory of the command, as a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,24 @@ from cxrlt.models.losses import LossConfig
 
 STAGES = ("image", "study", "student")
 METRICS = ("mAP", "mAUROC", "mF1", "group_average_mAP", "loss")
+# Largest backbone stride: every registered family accepts sizes divisible by it.
+SIZE_MULTIPLE = 32
+
+
+def _finite(owner: object, *names: str) -> None:
+    """Each named float field of `owner` is a finite number (nan and inf pass every comparison check)."""
+    for name in names:
+        value = getattr(owner, name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _at_least(owner: object, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -33,6 +52,14 @@ class RunConfig:
     seed: int = 0
     log_every: int = 10
 
+    def __post_init__(self) -> None:
+        if str(self.out_dir).strip() in ("", "."):
+            raise ValueError(f"out_dir must name the run's own folder, got {str(self.out_dir)!r}")
+        if not self.experiment.strip():
+            raise ValueError("experiment must be a non-empty name")
+        _at_least(self, 0, "seed")
+        _at_least(self, 1, "log_every")
+
 
 @dataclass
 class DataConfig:
@@ -41,7 +68,9 @@ class DataConfig:
     are set unknown (-1) in every training batch and in validation, e.g. held out for zero-shot
     evaluation: the run never sees one of their labels. max_views: view slots per study item (study
     level, at most model.study.max_views); training draws a random subset of a larger study each time,
-    validation scores it in view chunks (cxrlt.data.decoding)."""
+    validation scores it in view chunks (cxrlt.data.decoding). max_bad_fraction: training skips damaged
+    samples (truncated tar, broken json, undecodable image) and fails once they pass this fraction of
+    the samples a rank's reader read in an epoch (0: fail on the first); validation never skips."""
 
     shards: Path | None = None
     train_split: str = "train"
@@ -55,8 +84,20 @@ class DataConfig:
     repeat_threshold: float | None = None
     shuffle_buffer: int = 1000
     max_views: int = 4
+    max_bad_fraction: float = 0.01
     unknown_classes: list[str] = field(default_factory=list)
     transform: TransformConfig = field(default_factory=TransformConfig)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size", "eval_batch_size", "steps_per_epoch", "shuffle_buffer", "max_views")
+        _at_least(self, 0, "num_workers")
+        _finite(self, "synthetic_ratio", "repeat_threshold", "max_bad_fraction")
+        if not 0 <= self.max_bad_fraction < 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1), got {self.max_bad_fraction!r}")
+        if not 0 <= self.synthetic_ratio < 1:
+            raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio!r}")
+        if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
+            raise ValueError(f"repeat_threshold must be in (0, 1], got {self.repeat_threshold!r}")
 
 
 @dataclass
@@ -74,6 +115,9 @@ class OptimConfig:
     grad_accum: int = 1
 
     def __post_init__(self) -> None:
+        _finite(self, "lr", "weight_decay", "betas", "eps", "min_lr_ratio", "grad_clip")
+        if not all(0 <= b < 1 for b in self.betas) or self.eps <= 0:
+            raise ValueError(f"betas must be in [0, 1) and eps > 0, got betas={self.betas!r}, eps={self.eps!r}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("lr must be > 0, weight_decay >= 0 and min_lr_ratio in [0, 1]")
         if self.grad_accum < 1 or self.warmup_steps < 0 or self.grad_clip < 0:
@@ -92,6 +136,9 @@ class ScheduleConfig:
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
+        _finite(self, "min_delta")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
         if self.epochs < 1 or self.patience < 0:
             raise ValueError("epochs must be >= 1 and patience >= 0")
         if self.monitor not in METRICS:
@@ -156,6 +203,9 @@ class StudentConfig:
     hard_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        _finite(self, "unlabelled_ratio", "hard_threshold")
+        if not 0 <= self.hard_threshold <= 1:
+            raise ValueError(f"hard_threshold must be in [0, 1], got {self.hard_threshold!r}")
         if self.iterations < 1 or not 0 <= self.unlabelled_ratio < 1:
             raise ValueError("iterations must be >= 1 and unlabelled_ratio in [0, 1)")
 
@@ -177,6 +227,13 @@ class TrainConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     resolutions: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bad = [size for size in self.resolutions if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE]
+        if bad:
+            raise ValueError(f"resolutions {bad}: the backbones take multiples of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE})")
+        if len(set(self.resolutions)) != len(self.resolutions):
+            raise ValueError(f"resolutions must be distinct, got {self.resolutions}")
 
     @property
     def level(self) -> str:

@@ -171,6 +171,7 @@ def train_member(
         shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.run.seed, steps_per_epoch=cfg.data.steps_per_epoch,
         repeat_threshold=cfg.data.repeat_threshold, synthetic_ratio=cfg.data.synthetic_ratio,
         unlabelled_ratio=cfg.student.unlabelled_ratio if pseudo is not None else 0.0, transform=cfg.data.transform,
+        max_bad_fraction=cfg.data.max_bad_fraction,
     )  # fmt: skip
     reader = TrainReader(
         cfg.data.shards, reader_cfg, synthetic=cfg.data.synthetic,
@@ -196,11 +197,11 @@ def train_member(
 
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep_last, ctx.rank)
     state, restored_from = TrainState(), None
-    latest = checkpointer.latest()
-    if latest is not None:
+    if checkpointer.exists():
         if not resume:
             raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume or choose another run.out_dir")
-        state = checkpointer.load(latest, engine, ema.module if ema is not None else None, config_hash)
+        # The newest kept checkpoint that loads; damaged ones are passed over with a warning.
+        state, latest = checkpointer.restore(engine, ema.module if ema is not None else None, config_hash)
         restored_from = latest
         if ctx.is_main:
             print(f"resuming {run_dir} from {latest.name} (epoch {state.epoch + 1}, micro-step {state.step_in_epoch})", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrlt.atomic import atomic_path
-from cxrlt.config import config_hash, flatten, write_config
+from cxrlt.config import config_hash, flatten, to_dict, write_config
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.shardset import ShardIndex, index_path, read_index
 from cxrlt.errors import InputError
@@ -29,14 +29,12 @@ from cxrlt.models.saved import load_model
 from cxrlt.requeue import clear_stop_request
 from cxrlt.tracking import Run, Tracker, default_uri
 from trainers import distributed
-from trainers.config import TrainConfig
+from trainers.config import SIZE_MULTIPLE, TrainConfig
 from trainers.inference import predict_split
 from trainers.loop import PREEMPTED, EpochCallback, MemberResult, StopWatch, load_result, train_member
 from trainers.pseudo import PseudoLabels, load_pseudo_labels
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
-# Largest backbone stride: every registered family accepts sizes divisible by it.
-SIZE_MULTIPLE = 32
 
 
 def check_inputs(cfg: TrainConfig) -> ShardIndex:
@@ -98,7 +96,10 @@ def members(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
 
 def training_hash(cfg: TrainConfig) -> str:
     """Fingerprint of what decides the weights (not where they are written or logged)."""
-    return config_hash(replace(cfg, run=replace(cfg.run, out_dir=Path("."), tracking_uri="", parent_run_id="", name="")))
+    # On the plain dict: "." is no valid out_dir for a config, but it is the neutral value the hash has always used.
+    data = to_dict(cfg)
+    data["run"].update(out_dir=".", tracking_uri="", parent_run_id="", name="")
+    return config_hash(data)
 
 
 def tracking_uri(cfg: TrainConfig) -> str:
@@ -125,11 +126,17 @@ def _run_id_file(folder: Path) -> Path:
     return folder / MLFLOW_RUN_FILE
 
 
-def _open_run(tracker: Tracker, cfg: TrainConfig, folder: Path, name: str, parent: str | None, tags: dict):
-    """An MLflow run for `folder`, reopening the one a previous attempt started there."""
+def _open_run(
+    tracker: Tracker, cfg: TrainConfig, folder: Path, name: str, parent: str | None, tags: dict,
+    params: dict | None = None,
+):  # fmt: skip
+    """An MLflow run for `folder`, reopening the one a previous attempt started there, unless that run
+    logged other `params` (a rerun after fixing the config): then a new run, tagged with the old one's id."""
     saved = _run_id_file(folder)
     resume_id = saved.read_text(encoding="utf-8").strip() if saved.is_file() else None
-    return tracker.run(cfg.run.experiment, name, parent_run_id=parent, tags=tags, resume_run_id=resume_id)
+    return tracker.run(
+        cfg.run.experiment, name, parent_run_id=parent, tags=tags, resume_run_id=resume_id, params=params
+    )
 
 
 def _remember_run(folder: Path, run: Run) -> None:
@@ -197,9 +204,10 @@ def run_training(
         if ctx.is_main:
             folder.mkdir(parents=True, exist_ok=True)
             write_config(member_cfg, folder / "config.toml")
-        with _open_run(tracker, member_cfg, folder, member_name, parent_id, tags) as run:
+        params = flatten(member_cfg)
+        with _open_run(tracker, member_cfg, folder, member_name, parent_id, tags, params) as run:
             _remember_run(folder, run)
-            run.log_params(flatten(member_cfg))
+            run.log_params(params)
             return train_member(
                 member_cfg, folder, index, ctx, run, stop, training_hash(member_cfg), resume,
                 pseudo=pseudo, on_epoch_end=on_epoch_end,

@@ -8,7 +8,7 @@ from pathlib import Path
 from cxrlt.data.plan import make_plan
 from cxrlt.data.records import SourceTable
 from cxrlt.data.shardset import LEVELS, ShardIndex
-from cxrlt.data.splits import assign_splits, parse_fractions
+from cxrlt.data.splits import assign_splits, check_disjoint, parse_fractions
 from cxrlt.data.writer import ImageLoader, ShardWriter, WriterOptions
 from cxrlt.errors import InputError
 from cxrlt.labels import Schema
@@ -39,6 +39,7 @@ def build_shards(
     if not table.records:
         raise InputError(f"source {table.name}: no rows to shard in {table.files}")
     assign_splits(table.records, build.split_by, parse_fractions(build.split), build.seed)
+    check_disjoint(table.records, f"source {table.name} ({', '.join(map(str, table.files))})")
     options = {
         "schema": schema.name, "classes": list(schema.classes), **asdict(build), "max_size": writer.max_size,
         "image_format": writer.image_format, "samples_per_shard": writer.samples_per_shard,

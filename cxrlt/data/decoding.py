@@ -20,8 +20,10 @@ ceil(n / max_views) consecutive chunks of as-equal-as-possible size (`view_chunk
 with the same id and index and `chunk` () int64 = the chunk's position (every evaluation study item has
 it, 0 for an unsplit study); the caller merges a sample's chunks (trainers.inference).
 
-A stored image that fails to decode is logged and counted (`DecodeStats`), and its view or sample is
-dropped; it never stops the reader.
+A stored image that fails to decode: in training (`strict=False`) it is logged and counted
+(`DecodeStats`), and its view or sample is dropped; the training reader fails once the skipped samples
+pass its `max_bad_fraction` (cxrlt.data.readers). In evaluation (`strict=True`) it is an InputError
+naming the shard and the member: an evaluation split is read whole or not at all.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,7 @@ import torch
 from cxrlt.data.images import ImageProblem, open_gray
 from cxrlt.data.shardset import SEXES, VIEW_TYPES, VITALS
 from cxrlt.data.transforms import ImageTransform
+from cxrlt.errors import InputError
 
 LOG = logging.getLogger("cxrlt.data")
 Item = dict[str, Any]
@@ -46,17 +50,47 @@ Item = dict[str, Any]
 
 @dataclass
 class DecodeStats:
-    """Per-process count of stored images that could not be decoded."""
+    """Per-process counts: stored images that could not be decoded (`bad_images`), raw samples read
+    (`samples`) and samples skipped as damaged (`bad_samples`: no usable image, no or broken json, or
+    lost to a truncated tar), with the skipped samples per shard file (`bad_by_shard`)."""
 
     bad_images: int = 0
+    samples: int = 0
+    bad_samples: int = 0
+    bad_by_shard: dict[str, int] = field(default_factory=dict)
 
     def report(self, key: str, member: str, problem: ImageProblem) -> None:
         self.bad_images += 1
         LOG.warning("skipping %s/%s: %s (%d bad images so far in this reader)", key, member, problem, self.bad_images)
 
+    def skip(self, shard: str, count: int = 1) -> None:
+        """`count` samples of `shard` were skipped (also counted as read: they were due in the stream)."""
+        self.samples += count
+        self.bad_samples += count
+        self.bad_by_shard[shard] = self.bad_by_shard.get(shard, 0) + count
+
+    def describe_shards(self, limit: int = 5) -> str:
+        worst = sorted(self.bad_by_shard.items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{Path(shard).name} ({n})" for shard, n in worst[:limit])
+        return text + (f" and {len(worst) - limit} more" if len(worst) > limit else "")
+
 
 def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(raw["json"])
+    """The sample's json member, checked enough to decode it; a broken one is an InputError naming
+    the shard and the member."""
+    where = f"{raw.get('__url__', '?')}: member {raw['__key__']}.json"
+    try:
+        meta = json.loads(raw["json"])
+        if not isinstance(meta, dict):
+            raise ValueError(f"expected an object, got {type(meta).__name__}")
+        meta["_labels"] = np.asarray(meta["labels"], dtype=np.float32)
+        if meta["_labels"].ndim != 1:
+            raise ValueError("labels is not a flat list")
+    except KeyError as e:
+        raise InputError(f"{where}: no {e.args[0]!r} field (damaged shard)") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{where}: not valid sample json ({e}); the shard is damaged") from None
+    return meta
 
 
 def _members(raw: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -80,11 +114,13 @@ def view_chunks(n: int, max_views: int) -> list[tuple[int, int]]:
 class SampleDecoder:
     """Turns a raw sample (tar members + parsed json) into image items, or study items: one for
     training (`views="sample"`: a random subset when the study has more than max_views views), one
-    per chunk of views for evaluation (`views="chunks"`, see the module docstring)."""
+    per chunk of views for evaluation (`views="chunks"`, see the module docstring). `strict`: a bad
+    image is an InputError naming shard and member instead of a dropped view or sample."""
 
     def __init__(
-        self, transform: ImageTransform, level: str, max_views: int, stats: DecodeStats, views: str = "chunks"
-    ) -> None:
+        self, transform: ImageTransform, level: str, max_views: int, stats: DecodeStats, views: str = "chunks",
+        strict: bool = False,
+    ) -> None:  # fmt: skip
         if level not in ("image", "study"):
             raise ValueError(f"level must be 'image' or 'study', got {level!r}")
         if views not in ("sample", "chunks"):
@@ -94,6 +130,7 @@ class SampleDecoder:
         self.max_views = max_views
         self.stats = stats
         self.views = views
+        self.strict = strict
 
     def _chosen_members(self, raw: dict[str, Any], meta: dict[str, Any], rng: np.random.Generator) -> list[tuple[str, str, str]]:
         members = _members(raw, meta)
@@ -111,11 +148,17 @@ class SampleDecoder:
                     raise ImageProblem("missing", "member absent from the shard (damaged tar)")
                 image = open_gray(raw[member], self.transform.config.size)
             except ImageProblem as problem:
+                if self.strict:
+                    raise InputError(
+                        f"{raw.get('__url__', '?')}: member {raw['__key__']}.{member}: {problem} (damaged shard)"
+                    ) from None
                 self.stats.report(raw["__key__"], member, problem)
                 continue
             views.append((self.transform(image, rng), image_id, VIEW_TYPES.index(view)))
         if not views:
+            self.stats.skip(raw.get("__url__", "?"))
             return
+        self.stats.samples += 1
         common = {
             "labels": torch.tensor(meta["labels"], dtype=torch.float32),
             "study_id": str(meta["study_id"]),

@@ -53,6 +53,10 @@ class Slot:
     def keeps(self, position: int) -> bool:
         return position % self.stride == self.offset
 
+    def kept_below(self, n: int) -> int:
+        """How many of positions 0 .. n-1 this slot keeps."""
+        return max(0, (n - self.offset + self.stride - 1) // self.stride)
+
 
 def slot_for(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int) -> Slot:
     count = world_size * num_workers

@@ -11,6 +11,14 @@ exactly; call `set_epoch` before each epoch (with non-persistent DataLoader work
 when they start). That includes the views of a study with more views than `max_views`: a fresh random
 subset each time the study is drawn (cxrlt.data.decoding).
 
+Damaged shards: training skips a damaged sample (a tar cut short, a missing or broken json member, an
+image that does not decode), counts it per shard (`DecodeStats`) and fails with an InputError naming
+the count and the shards once the skipped samples pass `max_bad_fraction` of the samples a (rank,
+worker) slot read in the epoch (checked at the end of its share of the epoch, and on the way once it
+has read as many samples as its share needs, so an all-damaged shard set cannot spin forever).
+Evaluation reads strictly: it yields exactly the index's sample count or fails with an InputError
+naming the shard and the member (a truncated tar, a broken json, an undecodable image).
+
 Evaluation: each slot reads its share once, in shard order; with `index` on every item the caller
 can restore the split's order after gathering. A study with more views than `max_views` yields several
 items (view chunks, consecutive, `chunk` = 0, 1, ...) with the same `index`, all in the same slot, so
@@ -53,11 +61,14 @@ class ReaderConfig:
     repeat_threshold: float | None = None
     synthetic_ratio: float = 0.0
     unlabelled_ratio: float = 0.0
+    max_bad_fraction: float = 0.01
     transform: TransformConfig = field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
         if self.level not in ("image", "study"):
             raise ValueError(f"level must be 'image' or 'study', got {self.level!r}")
+        if not 0.0 <= self.max_bad_fraction < 1.0:
+            raise InputError(f"max_bad_fraction {self.max_bad_fraction}: give a fraction in [0, 1)")
         if self.batch_size < 1 or self.max_views < 1 or self.shuffle_buffer < 1:
             raise ValueError("batch_size, max_views and shuffle_buffer must be >= 1")
 
@@ -73,22 +84,47 @@ class ShardSplit:
         self.num_samples = int(self.offsets[-1])
 
     def slot_size(self, slot: Slot) -> int:
-        def kept_below(n: int) -> int:
-            return max(0, (n - slot.offset + slot.stride - 1) // slot.stride)
+        return sum(slot.kept_below(int(self.offsets[s + 1])) - slot.kept_below(int(self.offsets[s])) for s in slot.shards)
 
-        return sum(kept_below(int(self.offsets[s + 1])) - kept_below(int(self.offsets[s])) for s in slot.shards)
-
-    def read(self, shard: int, slot: Slot) -> Iterator[Raw]:
-        """(raw sample, meta, labels) of `slot`'s samples in one shard, in tar order."""
+    def read(self, shard: int, slot: Slot, stats: DecodeStats | None = None, strict: bool = False) -> Iterator[Raw]:
+        """(raw sample, meta, labels) of `slot`'s samples in one shard, in tar order. Damage (see the
+        module docstring) is an InputError with `strict`, else a warning and `stats.skip`."""
         url = str(self.directory / self.entries[shard].file)
-        for position, raw in enumerate(tar_samples(url), start=int(self.offsets[shard])):
-            if "json" not in raw:
-                LOG.warning("%s: sample %s has no json member (damaged shard); skipped", url, raw["__key__"])
+        start, expected = int(self.offsets[shard]), self.entries[shard].num_samples
+        stats = stats if stats is not None else DecodeStats()
+        count, last = 0, None
+        for count, raw in enumerate(tar_samples(url, strict), start=1):
+            position = start + count - 1
+            if count > expected:
+                message = f"{url}: sample {raw['__key__']} is past the {expected} samples its _index.json entry lists"
+                if strict:
+                    raise InputError(message + "; the index does not match the shard")
+                LOG.warning("%s; rest of shard skipped", message)
+                break
+            last = raw["__key__"]
+            if not slot.keeps(position):
                 continue
-            if slot.keeps(position):
+            try:
+                if "json" not in raw:
+                    raise InputError(f"{url}: sample {raw['__key__']} has no json member (damaged shard)")
                 meta = parse_meta(raw)
-                meta["_index"] = position
-                yield raw, meta, np.asarray(meta["labels"], dtype=np.float32)
+            except InputError as e:
+                if strict:
+                    raise
+                LOG.warning("%s; sample skipped", e)
+                stats.skip(url)
+                continue
+            meta["_index"] = position
+            yield raw, meta, meta.pop("_labels")
+        if count < expected:
+            where = f"after sample {last}" if last else "before its first sample"
+            message = f"{url}: {count} of the {expected} samples its _index.json entry lists (the tar ends {where})"
+            if strict:
+                raise InputError(message + "; the shard is truncated or damaged")
+            lost = slot.kept_below(start + expected) - slot.kept_below(start + count)
+            LOG.warning("%s; %d samples of this reader's share lost", message, lost)
+            if lost:
+                stats.skip(url, lost)
 
 
 def _batches(items: Iterator[Item], batch_size: int) -> Iterator[Item]:
@@ -132,6 +168,7 @@ class TrainReader(torch.utils.data.IterableDataset):
             self.factors = class_repeat_factors(counts, index.classes, self.real.num_samples, config.repeat_threshold)
         self.epoch = 0
         self.stats = DecodeStats()
+        self._planned = self.steps_per_epoch * config.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -139,7 +176,28 @@ class TrainReader(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def _resampled(self, split: ShardSplit, slot: Slot, rng: np.random.Generator) -> Iterator[Raw]:
+    def _check_damage(self, stats: DecodeStats, worker: int, final: bool) -> None:
+        """Fail once skipped samples pass max_bad_fraction of those read (see the module docstring)."""
+        limit = self.config.max_bad_fraction
+        if stats.bad_samples == 0 or not (final or stats.samples >= self._planned):
+            return
+        if stats.bad_samples > limit * stats.samples:
+            raise InputError(
+                f"{self.real.directory}: {stats.bad_samples} of {stats.samples} samples read in epoch {self.epoch} "
+                f"(rank {self.rank}, worker {worker}) were damaged and skipped, more than max_bad_fraction={limit}; "
+                f"damaged shards: {stats.describe_shards()}. Rewrite them with `cxrlt shard`, or raise "
+                "data.max_bad_fraction to train on the rest"
+            )
+        if final:
+            LOG.warning(
+                "%s: skipped %d of %d samples as damaged in epoch %d (rank %d, worker %d; within max_bad_fraction=%s): %s",
+                self.real.directory, stats.bad_samples, stats.samples, self.epoch, self.rank, worker, limit,
+                stats.describe_shards(),
+            )  # fmt: skip
+
+    def _resampled(
+        self, split: ShardSplit, slot: Slot, rng: np.random.Generator, stats: DecodeStats, worker: int
+    ) -> Iterator[Raw]:
         sizes = np.array([split.entries[s].num_samples for s in slot.shards], dtype=np.float64)
         if split.slot_size(slot) == 0:
             raise InputError(
@@ -147,24 +205,33 @@ class TrainReader(torch.utils.data.IterableDataset):
                 "use fewer ranks/workers or more shards"
             )
         while True:
-            yield from split.read(slot.shards[rng.choice(len(sizes), p=sizes / sizes.sum())], slot)
+            yield from split.read(slot.shards[rng.choice(len(sizes), p=sizes / sizes.sum())], slot, stats)
+            self._check_damage(stats, worker, final=False)
 
     def __iter__(self) -> Iterator[Item]:
         worker, num_workers = worker_context()
         c = self.config
         rng = np.random.default_rng([c.seed, self.epoch, self.rank, worker])
         slot = slot_for(len(self.real.entries), self.rank, self.world_size, worker, num_workers)
-        stream = self._resampled(self.real, slot, rng)
+        count = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
+        self._planned = count * c.batch_size
+        self.stats = stats = DecodeStats()  # this slot's epoch
+        stream = self._resampled(self.real, slot, rng, stats, worker)
         if self.factors is not None:
             stream = repeat_by_factor(stream, lambda sample: sample[2], self.factors, rng)
         for split, ratio in self.mixes:
             extra_slot = slot_for(len(split.entries), self.rank, self.world_size, worker, num_workers)
-            stream = mix(stream, self._resampled(split, extra_slot, rng), ratio, rng)
+            stream = mix(stream, self._resampled(split, extra_slot, rng, stats, worker), ratio, rng)
         stream = _shuffle(stream, bufsize=c.shuffle_buffer, initial=c.shuffle_buffer, seed=int(rng.integers(2**62)))
-        decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, self.stats, views="sample")
-        items = (item for raw, meta, _ in stream for item in decoder(raw, meta, rng))
-        count = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
-        yield from itertools.islice(_batches(items, c.batch_size), count)
+        decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, stats, views="sample")
+
+        def items() -> Iterator[Item]:
+            for raw, meta, _ in stream:
+                yield from decoder(raw, meta, rng)
+                self._check_damage(stats, worker, final=False)
+
+        yield from itertools.islice(_batches(items(), c.batch_size), count)
+        self._check_damage(stats, worker, final=True)
 
 
 class EvalReader(torch.utils.data.IterableDataset):
@@ -188,16 +255,37 @@ class EvalReader(torch.utils.data.IterableDataset):
         c = self.config
         slot = slot_for(len(self.split.entries), self.rank, self.world_size, worker, num_workers)
         rng = np.random.default_rng([c.seed, self.rank, worker])
-        decoder = SampleDecoder(ImageTransform(c.transform, train=False), c.level, c.max_views, self.stats, views="chunks")
+        decoder = SampleDecoder(
+            ImageTransform(c.transform, train=False), c.level, c.max_views, self.stats, views="chunks", strict=True
+        )
         items = (
             {**item, "index": torch.tensor(meta["_index"])}
             for shard in slot.shards
-            for raw, meta, _ in self.split.read(shard, slot)
+            for raw, meta, _ in self.split.read(shard, slot, self.stats, strict=True)
             for item in decoder(raw, meta, rng)
         )
         yield from _batches(items, c.batch_size)
 
 
+class _Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose iterator re-raises a worker's InputError with the reader's own one-line
+    message (torch's re-raise prepends the worker's traceback)."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return _plain_input_errors(super().__iter__())
+
+
+def _plain_input_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    try:
+        yield from batches
+    except InputError as e:
+        text = str(e)
+        marker = "InputError: "
+        if text.startswith("Caught InputError") and marker in text:
+            raise InputError(text.rsplit(marker, 1)[1].strip()) from None
+        raise
+
+
 def make_loader(reader: torch.utils.data.IterableDataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader over a reader's ready-made batches (batch_size=None: the reader batches)."""
-    return torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    return _Loader(reader, batch_size=None, num_workers=num_workers, persistent_workers=False)

@@ -46,3 +46,20 @@ def assign_splits(records: list[Record], split_by: str, fractions: Sequence[floa
     for record in records:
         if record.split is None:
             record.split = "train" if split_by == "none" else patient_split(record.patient_id, fractions, seed)
+
+
+def check_disjoint(records: list[Record], where: str) -> None:
+    """Refuse leakage between splits: an image id, or a patient, with records in two splits (a split a
+    source ships, e.g. mimic-cxr-lt's CSVs or a csv-folder `split` column, is taken as given otherwise).
+    `where` names the source (its files) in the message."""
+    for what, key in (("image id", lambda r: r.image_id), ("patient", lambda r: r.patient_id)):
+        first: dict[str, str] = {}
+        for record in records:
+            ident, split = key(record), record.split
+            seen = first.setdefault(ident, split)
+            if seen != split:
+                a, b = sorted((seen, split), key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS))
+                raise InputError(
+                    f"{where}: {what} {ident!r} is in both the {a!r} and the {b!r} split (leakage between "
+                    f"splits); every {what} must belong to one split"
+                )

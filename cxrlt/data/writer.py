@@ -143,8 +143,29 @@ class ShardWriter:
                 records[name] = self._write_shard(name, split, chunk, encoded, plan)
                 bar.update(sum(len(s.images) for s in chunk))
         index = self._index(shards, records, plan, sources, command or [])
+        if index.num_samples == 0:
+            self._refuse_empty(shards, index.skipped)
         write_index(self.out, index)
         return index
+
+    def _refuse_empty(self, shards: list, skipped: list[dict[str, str]]) -> None:
+        """No sample survived: remove the empty shards (a rerun with the images fixed starts clean) and
+        refuse, with the skip reasons, instead of leaving a shard set that every reader would reject."""
+        for name, _, _ in shards:
+            (self.out / name).unlink(missing_ok=True)
+            self._record_path(name).unlink(missing_ok=True)
+        for folder in (self.out / PROGRESS_DIR, self.out):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        reasons: dict[str, int] = {}
+        for problem in skipped:
+            reasons[problem["reason"]] = reasons.get(problem["reason"], 0) + 1
+        summary = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda r: -r[1]))
+        example = f"; e.g. {skipped[0]['id']} ({skipped[0]['path']}): {skipped[0]['detail']}" if skipped else ""
+        raise InputError(
+            f"{self.out}: no sample was written, every image was skipped ({summary or 'no images'}){example}; "
+            "check --images and the source table"
+        )
 
     def _encode_all(self, chunks: Iterator[list[PlannedSample]]) -> Iterator[EncodedSample]:
         work = functools.partial(
