@@ -1,4 +1,5 @@
-"""Issue #16: `cxrlt pipeline` (dry run or not) loads every member's training config before any step."""
+"""`cxrlt pipeline` (dry run or not) and `cxrlt slurm pipeline` load every member's training config before any
+step runs or any job is queued."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _extending(tmp_path, member: str, setting: str) -> Path:
 
 def test_the_shipped_plans_pass(monkeypatch):
     monkeypatch.chdir(ROOT)
-    for config in ("configs/demo.toml", "configs/mimic-cxr-lt-2024.toml"):
+    for config in ("configs/demo.toml", "configs/mimic-cxr-lt-2024.toml", "configs/rehearsal.toml"):
         cfg = load_pipeline(ROOT / config)
         check_train_steps(cfg, make_plan(cfg), _load)  # tune/best.toml does not exist: the base config stands in
 
@@ -46,9 +47,10 @@ def test_a_bad_member_is_refused_naming_it_and_the_key(tmp_path, monkeypatch, se
         check_train_steps(cfg, make_plan(cfg), _load)
 
 
-def test_dry_run_refuses_an_unknown_backbone_before_anything(tmp_path):
+@pytest.mark.parametrize("command", [("pipeline",), ("slurm", "pipeline")])
+def test_dry_run_refuses_an_unknown_backbone_before_anything(tmp_path, command):
     config = _extending(tmp_path, "effnetv2", "model.backbone.name=resnet9000")
-    result = cxrlt("pipeline", config, "--dry-run", cwd=ROOT)
+    result = cxrlt(*command, config, "--dry-run", cwd=ROOT)
     assert result.returncode == 2, result.stderr
     assert "'effnetv2'" in result.stderr + result.stdout and "resnet9000" in result.stderr + result.stdout
     assert not (tmp_path / "out").exists()
