@@ -53,6 +53,7 @@ def run_submit(args: argparse.Namespace) -> int:
     options = argparse.ArgumentParser(prog=f"cxrlt slurm {args.kind} {args.config}")
     _add_job_options(options)
     options.parse_args(rest[:cut], namespace=args)
+    plan = make_plan(args.kind, args.config, args.overrides, rest[cut + 1 :], Path.cwd())
     if args.kind == "pipeline":
         # As `cxrlt pipeline` does: every member's training config loads before a job is queued.
         from cxrlt.config import load_config
@@ -60,9 +61,8 @@ def run_submit(args: argparse.Namespace) -> int:
         from cxrlt.pipeline import make_plan as pipeline_plan
         from trainers.config import TrainConfig
 
-        pipeline = load_pipeline(args.config, args.overrides)
+        pipeline = load_pipeline(args.config, [o for o in args.overrides if o.strip().startswith("pipeline.")])
         check_train_steps(pipeline, pipeline_plan(pipeline), lambda path, sets: load_config(TrainConfig, path, sets))
-    plan = make_plan(args.kind, args.config, args.overrides, rest[cut + 1 :], Path.cwd())
     if args.dry_run:
         for line in dry_run_commands(plan):
             print(f"would run: {line}", file=sys.stderr)
