@@ -4,8 +4,9 @@
 - student: `student.iterations` rounds (`student-<k>`), each scoring pseudo-labels with its teacher
   (the first from `student.teacher`, then the previous round's best model) and training a student;
   the last round's best.pt is also the member's (`out_dir[/res-<size>]/best.pt`).
-A member that finished (its `result.json` exists) is reused, so rerunning a command after a failure
-or a requeue redoes only what is missing. One MLflow run covers a single member; several members are
+A member that finished (its `result.json` exists) is reused when its model was trained from the same
+config (the training hash; a finished run of another config is refused), so rerunning a command after a
+failure or a requeue redoes only what is missing. One MLflow run covers a single member; several members are
 child runs of one parent. Every bad input is reported before the process group or any model exists.
 """
 
@@ -200,6 +201,13 @@ def run_training(
         if done is not None:
             if not resume:
                 raise FileExistsError(f"{folder} holds a finished run; pass --resume to reuse it or choose another run.out_dir")
+            # Reuse only what this config would train: after a new tuned config a stale member must not stand in.
+            found, expected = load_model(done.best_model).config_hash, training_hash(member_cfg)
+            if found != expected:
+                raise InputError(
+                    f"{folder} holds a finished run of another training config (hash {found}; this config's is "
+                    f"{expected}): remove the folder to train it again, or choose another run.out_dir"
+                )
             return done
         if ctx.is_main:
             folder.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def rehearsal(tmp_path_factory) -> dict:
     """The rehearsal recipe run once in a folder of its own (its relative paths resolve there)."""
     work = tmp_path_factory.mktemp("rehearsal")
     (work / "configs").symlink_to(ROOT / "configs")  # the recipes name their step configs as configs/...
-    made = _run(["rehearsal", "make", "--out", "runs/rehearsal-data", "--images", "240", "--quiet"], work)
+    made = _run(["rehearsal", "make", "--out", "runs/rehearsal-data", "--quiet"], work)
     assert made.returncode == 0, made.stdout + made.stderr
     (work / "smallest.toml").write_text(SMALLEST)
     first = _run(["pipeline", "smallest.toml"], work)

@@ -16,7 +16,7 @@ from cxrlt.predictions import read_predictions
 from cxrlt.tracking import Tracker, sqlite_uri
 from tests.cli import cxrlt
 from tests.multiview import VIEW_COUNTS, build_multiview_shards
-from tests.trainers.conftest import train_args
+from tests.trainers.conftest import REFERENCE_OVERRIDES, train_args
 
 pytestmark = pytest.mark.timeout(600)
 QUICK = ("schedule.epochs=1", "data.steps_per_epoch=3", "data.batch_size=8")
@@ -131,3 +131,11 @@ def test_schema_mismatches_are_refused(trained, chexpert_shards, starter64, tmp_
     assert result.returncode == 2 and "trained on other classes" in result.stderr
     again = cxrlt(*train_args(starter64, trained), cwd=tmp_path)
     assert again.returncode == 2 and "pass --resume" in again.stderr
+
+
+def test_a_finished_member_is_reused_only_for_the_config_it_was_trained_with(trained, starter64, tmp_path):
+    work = trained.parent
+    same = cxrlt(*train_args(starter64, trained, *REFERENCE_OVERRIDES), "--resume", cwd=work)
+    assert same.returncode == 0, same.stderr[-3000:]
+    changed = cxrlt(*train_args(starter64, trained, *REFERENCE_OVERRIDES, "optim.lr=1e-2"), "--resume", cwd=work)
+    assert changed.returncode == 2 and "holds a finished run of another training config" in changed.stderr, changed.stderr
