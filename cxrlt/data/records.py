@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrlt.errors import InputError
 from cxrlt.labels import UNKNOWN, Schema, harmonise_labels
-from cxrlt.tables import parse_labels, require_columns
+from cxrlt.tables import parse_labels
 
 UncertainPolicy = Literal["unknown", "positive", "negative"]
 _POLICY_VALUE = {"unknown": UNKNOWN, "positive": 1.0, "negative": 0.0}

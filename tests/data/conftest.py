@@ -207,3 +207,16 @@ def make_image():
 def edit_cell():
     """edit_cell(source, target, row, column, value): copy a CSV with one data cell replaced."""
     return edit_csv_cell
+
+
+@pytest.fixture(scope="session")
+def starter_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded starter (NIH-14) at 32 px, 60 samples per shard; readers' tests read it, never write it."""
+    from cxrlt.data.build import BuildOptions, build_shards
+    from cxrlt.data.sources.starter import read_starter
+    from cxrlt.data.writer import WriterOptions
+    from cxrlt.labels import NIH_14
+
+    out = tmp_path_factory.mktemp("starter-shards")
+    build_shards(read_starter(NIH_14), NIH_14, out, BuildOptions(), WriterOptions(max_size=32, samples_per_shard=60))
+    return out

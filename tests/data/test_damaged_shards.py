@@ -10,29 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from cxrlt.data.build import BuildOptions, build_shards
 from cxrlt.data.readers import EvalReader, ReaderConfig, TrainReader, make_loader
 from cxrlt.data.shardset import read_index
-from cxrlt.data.sources.starter import read_starter
 from cxrlt.data.transforms import TransformConfig
-from cxrlt.data.writer import WriterOptions
 from cxrlt.errors import InputError
-from cxrlt.labels import NIH_14
 
 TINY = TransformConfig(size=24)
 
 
-@pytest.fixture(scope="module")
-def clean_shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean-shards")
-    build_shards(read_starter(NIH_14), NIH_14, out, BuildOptions(), WriterOptions(max_size=32, samples_per_shard=60))
-    return out
-
-
 @pytest.fixture
-def shards(clean_shards, tmp_path):
+def shards(starter_shards, tmp_path):
     """A fresh copy to damage."""
-    return Path(shutil.copytree(clean_shards, tmp_path / "shards"))
+    return Path(shutil.copytree(starter_shards, tmp_path / "shards"))
 
 
 def _first(shards: Path, split: str = "train") -> tuple[Path, int]:
@@ -75,8 +64,8 @@ def _train(shards: Path, max_bad_fraction: float, steps: int = 6, num_workers: i
     return list(make_loader(TrainReader(shards, config, rank=0, world_size=1), num_workers))
 
 
-def test_clean_split_reads_whole(clean_shards):
-    assert _eval(clean_shards) == read_index(clean_shards).splits["train"]
+def test_clean_split_reads_whole(starter_shards):
+    assert _eval(starter_shards) == read_index(starter_shards).splits["train"]
 
 
 def test_eval_truncated_tar_names_shard_and_member(shards):

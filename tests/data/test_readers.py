@@ -10,24 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from cxrlt.data.build import BuildOptions, build_shards
 from cxrlt.data.partition import distributed_context, slot_for
 from cxrlt.data.readers import EvalReader, ReaderConfig, TrainReader, make_loader
 from cxrlt.data.samplers import class_repeat_factors, sample_repeats
-from cxrlt.data.sources.starter import read_starter
 from cxrlt.data.transforms import TransformConfig
-from cxrlt.data.writer import WriterOptions
-from cxrlt.labels import NIH_14
 from tests.multiview import VIEW_COUNTS, build_multiview_shards, study_id
 
 TINY = TransformConfig(size=24)
-
-
-@pytest.fixture(scope="module")
-def starter_shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("starter-shards")
-    build_shards(read_starter(NIH_14), NIH_14, out, BuildOptions(), WriterOptions(max_size=32, samples_per_shard=60))
-    return out
 
 
 def _ids(batches):

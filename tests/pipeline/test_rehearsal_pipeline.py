@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
