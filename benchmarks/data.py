@@ -64,8 +64,13 @@ def peak_mb(who: int) -> float:
 
 def reader_vs_loop(workdir: Path, size: int) -> None:
     out = workdir / "reader"
-    build_shards(read_starter(NIH_14), NIH_14, out, BuildOptions(split_by="none"),
-                 WriterOptions(max_size=256, samples_per_shard=200, workers=2))  # fmt: skip
+    build_shards(
+        read_starter(NIH_14),
+        NIH_14,
+        out,
+        BuildOptions(split_by="none"),
+        WriterOptions(max_size=256, samples_per_shard=200, workers=2),
+    )
     encoded = [
         sample["img.jpg"]
         for tar in sorted(out.glob("train-*.tar"))
@@ -94,8 +99,13 @@ def writer_rates(workdir: Path) -> None:
     for workers in (1, 2):
         table = read_starter(NIH_14)
         start = time.perf_counter()
-        index = build_shards(table, NIH_14, workdir / f"writer-{workers}", BuildOptions(),
-                             WriterOptions(max_size=128, samples_per_shard=100, workers=workers))  # fmt: skip
+        index = build_shards(
+            table,
+            NIH_14,
+            workdir / f"writer-{workers}",
+            BuildOptions(),
+            WriterOptions(max_size=128, samples_per_shard=100, workers=workers),
+        )
         elapsed = time.perf_counter() - start
         print(f"  {workers} worker(s): {index.num_samples / elapsed:8.0f} images/s ({elapsed:.2f} s)")
 
@@ -108,16 +118,23 @@ def padchest_scale(workdir: Path, rows: int | None, workers: int) -> None:
     read_s = time.perf_counter() - start
     before = rss_mb()
     start = time.perf_counter()
-    index = build_shards(table, CXR_LT_2024_ALL, workdir / "padchest", BuildOptions(),
-                         WriterOptions(max_size=64, image_format="png", samples_per_shard=5000, workers=workers),
-                         loader=GeneratedPixels(64))  # fmt: skip
+    index = build_shards(
+        table,
+        CXR_LT_2024_ALL,
+        workdir / "padchest",
+        BuildOptions(),
+        WriterOptions(max_size=64, image_format="png", samples_per_shard=5000, workers=workers),
+        loader=GeneratedPixels(64),
+    )
     write_s = time.perf_counter() - start
     size_mb = sum(p.stat().st_size for p in (workdir / "padchest").glob("*.tar")) / 2**20
     print(f"PadChest scale run ({len(table.records):,} rows, generated 64 px pixels, {workers} workers):")
     print(f"  read + label table: {read_s:.1f} s; shard: {write_s:.1f} s ({index.num_samples / write_s:.0f} images/s)")
     print(f"  {index.num_samples:,} samples in {len(index.shards)} shards ({size_mb:.0f} MiB), splits {index.splits}")
-    print(f"  RSS before writing {before:.0f} MiB, after {rss_mb():.0f} MiB; peak RSS writer "
-          f"{peak_mb(resource.RUSAGE_SELF):.0f} MiB, largest worker {peak_mb(resource.RUSAGE_CHILDREN):.0f} MiB")
+    print(
+        f"  RSS before writing {before:.0f} MiB, after {rss_mb():.0f} MiB; peak RSS writer "
+        f"{peak_mb(resource.RUSAGE_SELF):.0f} MiB, largest worker {peak_mb(resource.RUSAGE_CHILDREN):.0f} MiB"
+    )
 
 
 def main() -> None:

@@ -33,7 +33,9 @@ def main() -> None:
     prevalence = np.array([SCHEMA.counts[c] / SCHEMA.total for c in SCHEMA.classes])
     started = time.perf_counter()
     sim = simulate(args.images, args.members, SCHEMA.classes, prevalence=prevalence, seed=args.seed)
-    print(f"generated {sim.probs.shape} float32 ({sim.probs.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s")
+    print(
+        f"generated {sim.probs.shape} float32 ({sim.probs.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s"
+    )
 
     objective = Objective(sim.labels, ObjectiveSpec(), SCHEMA.classes, SCHEMA.groups())
     started = time.perf_counter()
@@ -44,11 +46,15 @@ def main() -> None:
     mean = objective(make_combiner("mean_prob").predict(sim.probs))
     ensemble = objective(greedy.predict(sim.probs))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"greedy: {args.members} members x {args.images} images x {len(SCHEMA.classes)} classes, "
-          f"{args.iterations} iterations: {elapsed:.1f} s "
-          f"({evaluations} objective evaluations, {elapsed / evaluations * 1e3:.0f} ms each)")  # fmt: skip
-    print(f"mAP (in-sample): best single {single:.4f}, mean {mean:.4f}, greedy {ensemble:.4f}; "
-          f"members used {int((greedy.counts > 0).sum())}")  # fmt: skip
+    print(
+        f"greedy: {args.members} members x {args.images} images x {len(SCHEMA.classes)} classes, "
+        f"{args.iterations} iterations: {elapsed:.1f} s "
+        f"({evaluations} objective evaluations, {elapsed / evaluations * 1e3:.0f} ms each)"
+    )
+    print(
+        f"mAP (in-sample): best single {single:.4f}, mean {mean:.4f}, greedy {ensemble:.4f}; "
+        f"members used {int((greedy.counts > 0).sum())}"
+    )
     print(f"peak resident memory {peak:.0f} MiB")
 
 

@@ -26,9 +26,7 @@ from cxrlt.metrics import evaluate
 
 def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    prevalence = np.array(
-        [CXR_LT_2024_ALL.counts.get(c, 100) / CXR_LT_2024_ALL.total for c in CXR_LT_2024_ALL.classes]
-    )
+    prevalence = np.array([CXR_LT_2024_ALL.counts.get(c, 100) / CXR_LT_2024_ALL.total for c in CXR_LT_2024_ALL.classes])
     labels = (rng.random((n, prevalence.size)) < prevalence).astype(np.float64)
     scores = np.clip(0.35 * labels + rng.beta(1.2, 6.0, labels.shape), 0, 1).round(3)
     labels[rng.random(labels.shape) < 0.05] = -1

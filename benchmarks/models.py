@@ -17,9 +17,19 @@ from torch import nn
 
 from cxrlt.labels import CXR_LT_2024_TASK1
 from cxrlt.models import (
-    BACKBONES, HEADS, LOSSES, BackboneConfig, HeadConfig, LossConfig, ModelConfig, build_head, build_loss,
-    build_model, create_backbone, schema_counts,
-)  # fmt: skip
+    BACKBONES,
+    HEADS,
+    LOSSES,
+    BackboneConfig,
+    HeadConfig,
+    LossConfig,
+    ModelConfig,
+    build_head,
+    build_loss,
+    build_model,
+    create_backbone,
+    schema_counts,
+)
 
 SIZE = 224
 NUM_CLASSES = len(CXR_LT_2024_TASK1)

@@ -80,9 +80,14 @@ def main() -> None:
     common = (f"data.shards={shards}", f"schedule.epochs={args.epochs}")
     # --resume everywhere: a rerun of this script continues where a killed one stopped.
     cxrlt("train", train_config, *sets(*common, f"run.out_dir={work / 'baseline'}"), "--resume")
-    synth = (f"data.shards={shards}", f"run.out_dir={work / 'synth'}", f"train.steps={args.synth_steps}",
-             f"sample.per_class={args.per_class}", f"filter.classifier={work / 'baseline' / 'best.pt'}",
-             f"filter.threshold={args.threshold}")  # fmt: skip
+    synth = (
+        f"data.shards={shards}",
+        f"run.out_dir={work / 'synth'}",
+        f"train.steps={args.synth_steps}",
+        f"sample.per_class={args.per_class}",
+        f"filter.classifier={work / 'baseline' / 'best.pt'}",
+        f"filter.threshold={args.threshold}",
+    )
     cxrlt("synth", "train", synth_config, *sets(*synth), "--resume")
     cxrlt("synth", "sample", synth_config, *sets(*synth))
     cxrlt("synth", "report", synth_config, *sets(*synth))
@@ -96,11 +101,15 @@ def main() -> None:
         predictions = work / f"{member}-test.csv"
         cxrlt("predict", work / member / "best.pt", "--shards", shards, "--split", "test", "--out", predictions)
         results[member] = score(predictions, labels, targets)
-    print(f"\nsynthesised classes: {targets}; pass rates "
-          f"{ {t: round(r['pass_rate'], 2) for t, r in report['pass_rates'].items()} }; "
-          f"discriminator AUC {report['discriminator']['auc']:.3f}")  # fmt: skip
+    print(
+        f"\nsynthesised classes: {targets}; pass rates "
+        f"{ {t: round(r['pass_rate'], 2) for t, r in report['pass_rates'].items()} }; "
+        f"discriminator AUC {report['discriminator']['auc']:.3f}"
+    )
     for member, r in results.items():
-        print(f"{member:>8}: test mAP {r['mAP']:.4f}  synthesised-class mAP {r['synthesised_mAP']}  excluded {r['excluded']}")
+        print(
+            f"{member:>8}: test mAP {r['mAP']:.4f}  synthesised-class mAP {r['synthesised_mAP']}  excluded {r['excluded']}"
+        )
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

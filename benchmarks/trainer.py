@@ -58,7 +58,9 @@ def _sync(device: torch.device) -> None:
 
 def bare_loop(model: torch.nn.Module, criterion, optim: OptimConfig, total: int, bf16: bool, device) -> Callable:
     optimizer = torch.optim.AdamW(parameter_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optim.warmup_steps, total, optim.min_lr_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(optim.warmup_steps, total, optim.min_lr_ratio)
+    )
 
     def step(batch: dict) -> torch.Tensor:
         images = batch["image"].to(device, non_blocking=True)
@@ -105,7 +107,9 @@ def real_batches(size: int, batch_size: int, count: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         schema = get_schema("nih-14")
         build_shards(read_starter(schema), schema, folder, BuildOptions(), WriterOptions(max_size=size))
-        config = ReaderConfig(batch_size=batch_size, steps_per_epoch=count, shuffle_buffer=256, transform=TransformConfig(size=size))
+        config = ReaderConfig(
+            batch_size=batch_size, steps_per_epoch=count, shuffle_buffer=256, transform=TransformConfig(size=size)
+        )
         return list(make_loader(TrainReader(folder, config, rank=0, world_size=1)))
 
 
@@ -131,11 +135,19 @@ def overhead(args: argparse.Namespace) -> None:
         for name, step in loops.items():
             times[name].append(time_steps(step, batches, ctx.device))
     bare, ours = statistics.median(times["bare"]), statistics.median(times["cxrlt"])
-    print(f"device {ctx.device} ({torch.cuda.get_device_name() if ctx.device.type == 'cuda' else os.cpu_count()} "
-          f"{'GPU' if ctx.device.type == 'cuda' else 'CPUs'}), threads {torch.get_num_threads()}, bf16 {bf16}")
-    print(f"{args.backbone} {args.head} head, {args.size} px, batch {args.batch}, {args.steps} steps x {args.rounds} rounds")
-    print(f"bare PyTorch loop : {bare * 1000:8.2f} ms/step  (rounds: {', '.join(f'{t * 1000:.1f}' for t in times['bare'])})")
-    print(f"cxrlt train_step  : {ours * 1000:8.2f} ms/step  (rounds: {', '.join(f'{t * 1000:.1f}' for t in times['cxrlt'])})")
+    print(
+        f"device {ctx.device} ({torch.cuda.get_device_name() if ctx.device.type == 'cuda' else os.cpu_count()} "
+        f"{'GPU' if ctx.device.type == 'cuda' else 'CPUs'}), threads {torch.get_num_threads()}, bf16 {bf16}"
+    )
+    print(
+        f"{args.backbone} {args.head} head, {args.size} px, batch {args.batch}, {args.steps} steps x {args.rounds} rounds"
+    )
+    print(
+        f"bare PyTorch loop : {bare * 1000:8.2f} ms/step  (rounds: {', '.join(f'{t * 1000:.1f}' for t in times['bare'])})"
+    )
+    print(
+        f"cxrlt train_step  : {ours * 1000:8.2f} ms/step  (rounds: {', '.join(f'{t * 1000:.1f}' for t in times['cxrlt'])})"
+    )
     print(f"ratio cxrlt / bare: {ours / bare:.3f}  (target <= 1.10)")
 
 
@@ -146,11 +158,15 @@ def throughput(args: argparse.Namespace) -> None:
     optim = OptimConfig(lr=1e-4)
     criterion = build_loss(LossConfig(name="asl")).to(ctx.device)
     print(f"{torch.cuda.get_device_name()}, bf16 autocast, 3-channel random inputs, 40 classes, linear head")
-    print(f"{'model':24s} {'size':>5s} {'batch':>5s} {'cxrlt img/s':>12s} {'bare img/s':>11s} {'ratio':>6s} {'timm RTX 3090':>18s}")
+    print(
+        f"{'model':24s} {'size':>5s} {'batch':>5s} {'cxrlt img/s':>12s} {'bare img/s':>11s} {'ratio':>6s} {'timm RTX 3090':>18s}"
+    )
     for name in args.models.split(","):
         for size in map(int, args.sizes.split(",")):
             batch_size = args.batch_224 if size <= 224 else max(1, args.batch_224 * 224 * 224 // (size * size))
-            cfg = ModelConfig(backbone=BackboneConfig(name=name, in_chans=3, img_size=size), head=HeadConfig(name="linear"))
+            cfg = ModelConfig(
+                backbone=BackboneConfig(name=name, in_chans=3, img_size=size), head=HeadConfig(name="linear")
+            )
             torch.manual_seed(0)
             reference = build_model(cfg, [f"c{i}" for i in range(40)])
             batch = {
@@ -158,8 +174,10 @@ def throughput(args: argparse.Namespace) -> None:
                 "labels": (torch.rand(batch_size, 40, device=ctx.device) < 0.1).float(),
             }
             rates = {}
-            for label, make in (("cxrlt", lambda m: trainer_loop(m, criterion, optim, 1000, ctx)),
-                                ("bare", lambda m: bare_loop(m, criterion, optim, 1000, True, ctx.device))):  # fmt: skip
+            for label, make in (
+                ("cxrlt", lambda m: trainer_loop(m, criterion, optim, 1000, ctx)),
+                ("bare", lambda m: bare_loop(m, criterion, optim, 1000, True, ctx.device)),
+            ):
                 step = make(copy.deepcopy(reference).to(ctx.device))
                 time_steps(step, [batch] * 5, ctx.device)
                 rates[label] = batch_size / time_steps(step, [batch] * args.steps, ctx.device)
@@ -167,8 +185,10 @@ def throughput(args: argparse.Namespace) -> None:
                 torch.cuda.empty_cache()
             timm = TIMM_RTX3090_TRAIN.get(name)
             published = f"{timm[0]:.0f} @{timm[1]}px bs{timm[2]}" if timm and size == 224 else "-"
-            print(f"{name:24s} {size:5d} {batch_size:5d} {rates['cxrlt']:12.1f} {rates['bare']:11.1f} "
-                  f"{rates['cxrlt'] / rates['bare']:6.3f} {published:>18s}")
+            print(
+                f"{name:24s} {size:5d} {batch_size:5d} {rates['cxrlt']:12.1f} {rates['bare']:11.1f} "
+                f"{rates['cxrlt'] / rates['bare']:6.3f} {published:>18s}"
+            )
 
 
 def main() -> None:

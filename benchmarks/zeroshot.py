@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synth_ablation import ROOT, cxrlt, sets, split_labels, starter_shards
 
 from cxrlt.data.mining import Example, write_examples
 from cxrlt.metrics import class_metrics
 from cxrlt.predictions import read_predictions
 from launch.main import main as cxrlt_main
-from synth_ablation import ROOT, cxrlt, sets, split_labels, starter_shards
 
 HELD_OUT = ("Cardiomegaly", "Effusion", "Pneumothorax")
 EVAL_SPLITS = ("dev", "test")
@@ -57,7 +57,9 @@ def train_examples(shards: Path, classes: list[str], k: int, seed: int) -> list[
     return examples
 
 
-def held_out_metrics(work: Path, tag: str, labels: dict[str, np.ndarray], classes: list[str]) -> dict[str, tuple[float, float]]:
+def held_out_metrics(
+    work: Path, tag: str, labels: dict[str, np.ndarray], classes: list[str]
+) -> dict[str, tuple[float, float]]:
     """class -> (AP, AUROC) over the evaluation splits' predictions written under `tag`."""
     tables = [read_predictions(work / f"{tag}-{split}.csv") for split in EVAL_SPLITS]
     ids = [i for t in tables for i in t.image_ids]
@@ -80,12 +82,24 @@ def main() -> None:
     shards = starter_shards(work)
     held = "[" + ",".join(f'"{c}"' for c in HELD_OUT) + "]"
     member = work / "member"
-    cxrlt("train", ROOT / "configs" / "train-starter-tiny.toml", *sets(
-        f"data.shards={shards}", f"run.out_dir={member}", f"schedule.epochs={args.epochs}",
-        f"data.steps_per_epoch={args.steps_per_epoch}", f"data.unknown_classes={held}",
-        "model.head.name=ml_decoder", "model.head.text_queries=true", "model.head.decoder_dim=64",
-        "model.head.num_heads=4", "model.head.ffn_dim=128", "model.class_descriptions=nih-14",
-    ), "--resume")  # fmt: skip
+    cxrlt(
+        "train",
+        ROOT / "configs" / "train-starter-tiny.toml",
+        *sets(
+            f"data.shards={shards}",
+            f"run.out_dir={member}",
+            f"schedule.epochs={args.epochs}",
+            f"data.steps_per_epoch={args.steps_per_epoch}",
+            f"data.unknown_classes={held}",
+            "model.head.name=ml_decoder",
+            "model.head.text_queries=true",
+            "model.head.decoder_dim=64",
+            "model.head.num_heads=4",
+            "model.head.ffn_dim=128",
+            "model.class_descriptions=nih-14",
+        ),
+        "--resume",
+    )
     models = {"zero-shot": member / "best.pt"}
     labels = {i: row for split in EVAL_SPLITS for i, row in split_labels(shards, split).items()}
     classes = list(read_predictions(member / "dev_predictions.csv").meta.classes)
@@ -93,8 +107,19 @@ def main() -> None:
         examples = work / f"examples-{k}.csv"
         write_examples(train_examples(shards, classes, k, args.seed), examples)
         models[f"few-shot K={k}"] = work / f"fewshot-{k}.pt"
-        cxrlt_here("zeroshot", "adapt", member / "best.pt", "--shards", shards, "--split", "train",
-              "--examples", examples, "--out", models[f"few-shot K={k}"])  # fmt: skip
+        cxrlt_here(
+            "zeroshot",
+            "adapt",
+            member / "best.pt",
+            "--shards",
+            shards,
+            "--split",
+            "train",
+            "--examples",
+            examples,
+            "--out",
+            models[f"few-shot K={k}"],
+        )
     results = {}
     for tag, model in models.items():
         slug = tag.replace(" ", "").replace("=", "")
@@ -102,8 +127,10 @@ def main() -> None:
             cxrlt_here("predict", model, "--shards", shards, "--split", split, "--out", work / f"{slug}-{split}.csv")
         results[tag] = held_out_metrics(work, slug, labels, classes)
     y = np.stack(list(labels.values()))
-    print(f"\nheld out of training: {', '.join(HELD_OUT)}; evaluated on {' + '.join(EVAL_SPLITS)} ({len(y)} images); "
-          "few-shot examples from train-split labels (no reports for NIH)")  # fmt: skip
+    print(
+        f"\nheld out of training: {', '.join(HELD_OUT)}; evaluated on {' + '.join(EVAL_SPLITS)} ({len(y)} images); "
+        "few-shot examples from train-split labels (no reports for NIH)"
+    )
     header = f"{'class':<14}{'pos':>5}{'prev':>8}" + "".join(f"{t + ' AP':>18}{'AUROC':>8}" for t in results)
     print(header)
     for name in HELD_OUT:

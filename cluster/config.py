@@ -81,8 +81,10 @@ def load_slurm_config(path: Path, overrides: Sequence[str] = ()) -> LoadedConfig
     theirs = [o for o in overrides if o not in ours]
     document = {SECTION: data.pop(SECTION, {})}
     if isinstance(document[SECTION], dict) and "pipeline" in document[SECTION]:
-        raise ConfigError(f"{path}: [slurm.pipeline] is no longer read: describe the pipeline in a [pipeline] "
-                          "table (see configs/demo.toml); `cxrlt slurm pipeline` submits its steps")  # fmt: skip
+        raise ConfigError(
+            f"{path}: [slurm.pipeline] is no longer read: describe the pipeline in a [pipeline] "
+            "table (see configs/demo.toml); `cxrlt slurm pipeline` submits its steps"
+        )
     overridden = apply_overrides(_Document, document, ours)
     section = document[SECTION]
     if isinstance(section, dict) and isinstance(section.get("time"), datetime.time):

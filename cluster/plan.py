@@ -107,8 +107,9 @@ def make_plan(kind: str, config: Path, overrides: Sequence[str], args: Sequence[
     run_dir, passthrough = _run_dir(loaded, folder, workdir)
     command = [snapshot, *steps.sets(passthrough)]
     if kind == "train":
-        return builder.single("train", lambda s: steps.train(s, cfg, command, run_dir, builder.logs),
-                              nodes=cfg.nodes, preemptible=True)  # fmt: skip
+        return builder.single(
+            "train", lambda s: steps.train(s, cfg, command, run_dir, builder.logs), nodes=cfg.nodes, preemptible=True
+        )
     if kind == "tune":
         return builder.single("tune", lambda s: steps.tune(s, cfg, command, run_dir), nodes=cfg.nodes, preemptible=True)
     if kind == "synth":
@@ -175,8 +176,14 @@ class _Builder:
         self.jobs: list[PlannedJob] = []
         self.parent: ParentRun | None = None
 
-    def job(self, name: str, res: Resources, body: Callable[[Script], Script], cfg: SlurmConfig | None = None,
-            after: Sequence[str] = ()) -> None:  # fmt: skip
+    def job(
+        self,
+        name: str,
+        res: Resources,
+        body: Callable[[Script], Script],
+        cfg: SlurmConfig | None = None,
+        after: Sequence[str] = (),
+    ) -> None:
         """The one way a command becomes a job: #SBATCH header, environment, then `body`'s lines."""
         cfg = cfg or self.cfg
         job_name = cfg.job_name or f"cxrlt-{self.kind}"
@@ -217,8 +224,9 @@ class _Builder:
                 raise ConfigError(f"pipeline step {step.name}: a resumable step needs --set {RUN_DIR_KEY}=DIR")
             run_dir = run_dir and self.workdir / Path(run_dir)  # where the stop request of a preemption goes
             if argv[0] == "train":
-                body = partial(steps.train, cfg=cfg, args=_without_option(argv[1:], "--nproc"), run_dir=run_dir,
-                               log_dir=self.logs)  # fmt: skip
+                body = partial(
+                    steps.train, cfg=cfg, args=_without_option(argv[1:], "--nproc"), run_dir=run_dir, log_dir=self.logs
+                )
                 res, step_cfg = Resources(cfg.nodes, gpus, preemptible=True), cfg
             elif argv[0] == "tune":
                 body = partial(steps.tune, cfg=cfg, args=argv[1:], run_dir=run_dir)
@@ -245,7 +253,10 @@ class _Builder:
 
 def _with_configs(p: PipelineConfig, change: Callable[[Path | None, str], Path | None]) -> PipelineConfig:
     """`p` with change(path, role) in place of each step's config path."""
-    return replace(p, train=replace(p.train, config=change(p.train.config, "train")),
-                   tune=p.tune and replace(p.tune, config=change(p.tune.config, "tune")),
-                   synth=p.synth and replace(p.synth, config=change(p.synth.config, "synth")),
-                   ensemble=replace(p.ensemble, config=change(p.ensemble.config, "ensemble")))  # fmt: skip
+    return replace(
+        p,
+        train=replace(p.train, config=change(p.train.config, "train")),
+        tune=p.tune and replace(p.tune, config=change(p.tune.config, "tune")),
+        synth=p.synth and replace(p.synth, config=change(p.synth.config, "synth")),
+        ensemble=replace(p.ensemble, config=change(p.ensemble.config, "ensemble")),
+    )

@@ -48,12 +48,26 @@ def q(value: object) -> str:
 def header(cfg: SlurmConfig, res: Resources, job_name: str, log_dir: Path, workdir: Path, note: str) -> Script:
     """The shebang and #SBATCH lines: one task per node (torchrun or Ray starts the ranks under it)."""
     log = log_dir / ("%x-%A_%a.out" if res.array else "%x-%j.out")
-    opts = [f"--job-name={job_name}", f"--nodes={res.nodes}", "--ntasks-per-node=1", f"--chdir={workdir}",
-            f"--output={log}", "--open-mode=append"]  # fmt: skip
+    opts = [
+        f"--job-name={job_name}",
+        f"--nodes={res.nodes}",
+        "--ntasks-per-node=1",
+        f"--chdir={workdir}",
+        f"--output={log}",
+        "--open-mode=append",
+    ]
     if res.gpus_per_node:
         opts.append(f"--gpus-per-node={res.gpus_per_node}")
-    named = {"cpus-per-task": cfg.cpus_per_node, "mem": cfg.mem, "time": cfg.time, "partition": cfg.partition,
-             "account": cfg.account, "qos": cfg.qos, "constraint": cfg.constraint, "array": res.array}  # fmt: skip
+    named = {
+        "cpus-per-task": cfg.cpus_per_node,
+        "mem": cfg.mem,
+        "time": cfg.time,
+        "partition": cfg.partition,
+        "account": cfg.account,
+        "qos": cfg.qos,
+        "constraint": cfg.constraint,
+        "array": res.array,
+    }
     opts += [f"--{name}={value}" for name, value in named.items() if value is not None]
     if res.preemptible and cfg.requeue:
         opts += [f"--signal=B:USR1@{cfg.signal_seconds}", "--requeue"]

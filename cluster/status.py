@@ -62,8 +62,11 @@ def query(step: str, job_id: str) -> list[TaskState]:
         shown = f"{f.get('ArrayJobId', job_id)}_{task}" if task else f.get("JobId", job_id)
         reason = "" if f.get("Reason") == "None" else f.get("Reason", "")
         nodes = "" if f.get("NodeList") == "(null)" else f.get("NodeList", "")
-        tasks.append(TaskState(step, shown, f.get("JobState", UNKNOWN), reason, f.get("ExitCode", ""),
-                               f.get("Restarts", ""), nodes))  # fmt: skip
+        tasks.append(
+            TaskState(
+                step, shown, f.get("JobState", UNKNOWN), reason, f.get("ExitCode", ""), f.get("Restarts", ""), nodes
+            )
+        )
     return tasks
 
 

@@ -49,12 +49,24 @@ def train(script: Script, cfg: SlurmConfig, args: Sequence[Word], run_dir: Word,
         "",
     )
     step = line(
-        "srun", Sh(f"--nodes={NNODES}"), "--ntasks-per-node=1", "--open-mode=append",
+        "srun",
+        Sh(f"--nodes={NNODES}"),
+        "--ntasks-per-node=1",
+        "--open-mode=append",
         Sh(f"--output={q(log_dir)}/%x-%j-node%t.out"),
-        CX, "train", *args,
-        "--nnodes", NNODES, "--nproc", cfg.ranks, "--rdzv-endpoint", Sh('"$HEAD:$PORT"'),
-        "--rdzv-id", Sh('"$SLURM_JOB_ID"'), RESUME,
-    )  # fmt: skip
+        CX,
+        "train",
+        *args,
+        "--nnodes",
+        NNODES,
+        "--nproc",
+        cfg.ranks,
+        "--rdzv-endpoint",
+        Sh('"$HEAD:$PORT"'),
+        "--rdzv-id",
+        Sh('"$SLURM_JOB_ID"'),
+        RESUME,
+    )
     return run_preemptible(script, step)
 
 
@@ -82,7 +94,7 @@ def tune(script: Script, cfg: SlurmConfig, args: Sequence[Word], run_dir: Word) 
         "",
         "# a Ray cluster across the allocation; cxrlt tune connects through RAY_ADDRESS",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-        'HEAD_IP=$(getent ahostsv4 "${NODES[0]}" | awk \'NR == 1 {print $1}\')',
+        "HEAD_IP=$(getent ahostsv4 \"${NODES[0]}\" | awk 'NR == 1 {print $1}')",
         f'export RAY_ADDRESS="$HEAD_IP:{cfg.ray_port}"',
         'srun --nodes=1 --ntasks=1 -w "${NODES[0]}" "${PREFIX[@]}" ray start --head --node-ip-address="$HEAD_IP"'
         f" --port={cfg.ray_port} {resources} &",
@@ -91,8 +103,7 @@ def tune(script: Script, cfg: SlurmConfig, args: Sequence[Word], run_dir: Word) 
         "  sleep 1",
         "done",
         'for node in "${NODES[@]:1}"; do',
-        '  srun --nodes=1 --ntasks=1 -w "$node" "${PREFIX[@]}" ray start --address="$RAY_ADDRESS"'
-        f" {resources} &",
+        f'  srun --nodes=1 --ntasks=1 -w "$node" "${{PREFIX[@]}}" ray start --address="$RAY_ADDRESS" {resources} &',
         "done",
         "",
     )

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cluster.plan import Plan
@@ -83,7 +83,7 @@ def submit(plan: Plan) -> SubmissionRecord:
     if parent_run_id is not None:
         plan = plan.with_parent(parent_run_id)
     write_plan(plan)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     record = SubmissionRecord(plan.kind, str(plan.dir), created, parent_run_id=parent_run_id)
     ids: dict[str, str] = {}
     for job in plan.jobs:

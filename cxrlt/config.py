@@ -100,8 +100,9 @@ def _layer(base: Any, over: Any, where: str, key: str = "") -> Any:
             by_name = {item[ident]: item for item in over}
             unknown = [n for n in by_name if n not in {item[ident] for item in base}]
             if unknown:
-                raise ConfigError(f"{where}: {key} {unknown} not in the extended file; extending may change "
-                                  "entries, not add them")  # fmt: skip
+                raise ConfigError(
+                    f"{where}: {key} {unknown} not in the extended file; extending may change entries, not add them"
+                )
             return [_layer(item, by_name[item[ident]], where, key) if item[ident] in by_name else item for item in base]
     return over
 
@@ -195,9 +196,7 @@ def _strip_optional(hint: Any) -> Any:
 
 def _coerce(hint: Any, value: Any, key: str, origin: Callable[[str], str]) -> Any:
     def fail(expected: str) -> ConfigError:
-        return ConfigError(
-            f"{origin(key)}: key {key!r} expects {expected}, got {type(value).__name__} {value!r}"
-        )
+        return ConfigError(f"{origin(key)}: key {key!r} expects {expected}, got {type(value).__name__} {value!r}")
 
     if hint is Any:
         return value

@@ -31,8 +31,12 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_ECE_BINS = 10
 # Findings where a miss needs urgent action; the FNR on these is reported when the schema has them.
 DEFAULT_CRITICAL = (
-    "Pneumothorax", "Hydropneumothorax", "Pneumoperitoneum", "Pneumomediastinum", "Pulmonary Embolism",
-)  # fmt: skip
+    "Pneumothorax",
+    "Hydropneumothorax",
+    "Pneumoperitoneum",
+    "Pneumomediastinum",
+    "Pulmonary Embolism",
+)
 
 
 def _check_inputs(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

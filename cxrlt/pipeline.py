@@ -198,8 +198,16 @@ class _Plan:
     def __init__(self) -> None:
         self.steps: list[Step] = []
 
-    def add(self, name: str, argv: Sequence[object], done: Sequence[Path], after: Sequence[str] = (),
-            heavy: bool = False, resume: bool = False, ranks: int = 1) -> str:  # fmt: skip
+    def add(
+        self,
+        name: str,
+        argv: Sequence[object],
+        done: Sequence[Path],
+        after: Sequence[str] = (),
+        heavy: bool = False,
+        resume: bool = False,
+        ranks: int = 1,
+    ) -> str:
         known = {s.name for s in self.steps}
         missing = [a for a in after if a not in known]
         assert not missing, f"step {name} after unknown steps {missing}"  # a bug in make_plan, not input
@@ -242,8 +250,9 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
         tune_dir = out / "tune"
         tune_sets = [f"run.out_dir={tune_dir}", f"train.data.shards={shards}", *cfg.tune.set]
         base = tune_dir / "best.toml"
-        base_after = [plan.add("tune", ["tune", cfg.tune.config, *_sets(tune_sets)], [base], [shard],
-                               heavy=True, resume=True)]  # fmt: skip
+        base_after = [
+            plan.add("tune", ["tune", cfg.tune.config, *_sets(tune_sets)], [base], [shard], heavy=True, resume=True)
+        ]
 
     runs = {name: (m, size) for name, m, size in member_runs(cfg)}
     trained: dict[str, str] = {}
@@ -254,8 +263,10 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
         if not run:
             return [], []
         if run not in runs or runs[run][0].name not in trained:
-            raise ConfigError(f"member {member.name!r}: {field_name} = {run!r} is not a run of an earlier member "
-                              f"(runs are NAME-SIZE: {', '.join(runs)})")  # fmt: skip
+            raise ConfigError(
+                f"member {member.name!r}: {field_name} = {run!r} is not a run of an earlier member "
+                f"(runs are NAME-SIZE: {', '.join(runs)})"
+            )
         key = "stage.init_from" if field_name == "init_from" else "student.teacher"
         return [f"{key}={model_file(cfg, *runs[run])}"], [trained[runs[run][0].name]]
 
@@ -268,13 +279,28 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             extra, after = [*extra, f"student.unlabelled={unlabelled}"], [*after, "shard-unlabelled"]
         if member.zero_shot:
             extra = [*extra, "model.head.name=ml_decoder", "model.head.text_queries=true"]
-        overrides = [f"data.shards={member_shards}", *cfg.train.set, f"run.out_dir={run_dir}",
-                     f"resolutions={list(member.resolutions)}", *init, *teacher, *extra, *member.set]  # fmt: skip
+        overrides = [
+            f"data.shards={member_shards}",
+            *cfg.train.set,
+            f"run.out_dir={run_dir}",
+            f"resolutions={list(member.resolutions)}",
+            *init,
+            *teacher,
+            *extra,
+            *member.set,
+        ]
         done = [model_file(cfg, member, size) for size in member.resolutions]
         argv = ["train", base, *_sets(overrides), "--nproc", cfg.train.nproc]
         after = [*after, sharded, *init_after, *teacher_after]
-        trained[member.name] = plan.add(f"train-{member.name}", argv, done, list(dict.fromkeys(after)), heavy=True,
-                                        resume=True, ranks=cfg.train.nproc)  # fmt: skip
+        trained[member.name] = plan.add(
+            f"train-{member.name}",
+            argv,
+            done,
+            list(dict.fromkeys(after)),
+            heavy=True,
+            resume=True,
+            ranks=cfg.train.nproc,
+        )
         return trained[member.name]
 
     for m in cfg.members:
@@ -288,16 +314,26 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             raise ConfigError(f"pipeline.synth.filter_member = {s.filter_member!r}: not one of {real}")
         synth_dir = out / "synth"
         synth_sets = _sets([f"data.shards={shards}", f"run.out_dir={synth_dir}", *s.set])
-        synth_train = plan.add("synth-train", ["synth", "train", s.config, *synth_sets], [synth_dir / "model.pt"],
-                               [shard], heavy=True, resume=True)  # fmt: skip
+        synth_train = plan.add(
+            "synth-train",
+            ["synth", "train", s.config, *synth_sets],
+            [synth_dir / "model.pt"],
+            [shard],
+            heavy=True,
+            resume=True,
+        )
         filter_model = model_file(cfg, *runs[s.filter_member])
         sample_sets = [*synth_sets, "--set", f"filter.classifier={filter_model}"]
         synthetic = synth_dir / "synthetic"
-        sampled = plan.add("synth-sample", ["synth", "sample", s.config, *sample_sets], [synthetic / "_index.json"],
-                           [synth_train, trained[runs[s.filter_member][0].name]], heavy=True)  # fmt: skip
+        sampled = plan.add(
+            "synth-sample",
+            ["synth", "sample", s.config, *sample_sets],
+            [synthetic / "_index.json"],
+            [synth_train, trained[runs[s.filter_member][0].name]],
+            heavy=True,
+        )
         synth_report = synth_dir / "report"
-        plan.add("synth-report", ["synth", "report", s.config, *sample_sets], [synth_report / "report.html"],
-                 [sampled])  # fmt: skip
+        plan.add("synth-report", ["synth", "report", s.config, *sample_sets], [synth_report / "report.html"], [sampled])
         mix = [f"data.synthetic={synthetic}", f"data.synthetic_ratio={s.synthetic_ratio}"]
         for m in cfg.members:
             if m.synthetic:
@@ -307,34 +343,85 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
     zero_shot: dict[str, list[Path]] = {split: [] for split in splits}
     t3_splits = {sub.split for sub in cfg.submissions if sub.task == "t3"}
     for name, member, size in member_runs(cfg):
-        common = [model_file(cfg, member, size), "--shards", shard_sets[member.level][0], "--tta", cfg.tta, "--name", name]
+        common = [
+            model_file(cfg, member, size),
+            "--shards",
+            shard_sets[member.level][0],
+            "--tta",
+            cfg.tta,
+            "--name",
+            name,
+        ]
         for split in splits:
             path = out / "predictions" / split / f"{name}.csv"
             predictions[split].append(path)
-            plan.add(f"predict-{name}-{split}", ["predict", *common, "--split", split, "--out", path], [path],
-                     [trained[member.name]])  # fmt: skip
+            plan.add(
+                f"predict-{name}-{split}",
+                ["predict", *common, "--split", split, "--out", path],
+                [path],
+                [trained[member.name]],
+            )
             if member.zero_shot and split in t3_splits:
                 # A separate file: the ensemble's members must share one class set (the task 1 classes).
                 t3 = out / "predictions" / f"{split}-t3" / f"{name}.csv"
                 zero_shot[split].append(t3)
-                argv = ["predict", *common, "--split", split, "--out", t3, "--classes", ",".join(TASK_SCHEMAS["t3"].classes),
-                        "--descriptions", TASK_SCHEMAS["t3"].name]  # fmt: skip
+                argv = [
+                    "predict",
+                    *common,
+                    "--split",
+                    split,
+                    "--out",
+                    t3,
+                    "--classes",
+                    ",".join(TASK_SCHEMAS["t3"].classes),
+                    "--descriptions",
+                    TASK_SCHEMAS["t3"].name,
+                ]
                 plan.add(f"predict-{name}-{split}-t3", argv, [t3], [trained[member.name]])
 
     ensemble_dir = out / "ensemble"
     config = ["--config", cfg.ensemble.config] if cfg.ensemble.config is not None else []
     recipe = ensemble_dir / "recipe.json"
     dev = cfg.dev_split
-    built = plan.add("ensemble-build", ["ensemble", "build", "--predictions", *predictions[dev], "--labels", labels[dev],
-                                        *config, *_sets(cfg.ensemble.set), "--out", ensemble_dir], [recipe],
-                     [*(f"predict-{n}-{dev}" for n, _, _ in member_runs(cfg)), f"labels-{dev}"], heavy=True)  # fmt: skip
+    built = plan.add(
+        "ensemble-build",
+        [
+            "ensemble",
+            "build",
+            "--predictions",
+            *predictions[dev],
+            "--labels",
+            labels[dev],
+            *config,
+            *_sets(cfg.ensemble.set),
+            "--out",
+            ensemble_dir,
+        ],
+        [recipe],
+        [*(f"predict-{n}-{dev}" for n, _, _ in member_runs(cfg)), f"labels-{dev}"],
+        heavy=True,
+    )
     applied: dict[str, Path] = {}
     for split in dict.fromkeys([cfg.test_split, *(sub.split for sub in cfg.submissions if sub.task != "t3")]):
         applied[split] = ensemble_dir / f"{split}.csv"
         # The views CSV lets a recipe whose search chose frontal-weighted view pooling apply to any split.
-        plan.add(f"ensemble-apply-{split}", ["ensemble", "apply", "--recipe", recipe, "--predictions",
-                                             *predictions[split], "--views", labels[split], "--out", applied[split]],
-                 [applied[split]], [built, f"labels-{split}", *(f"predict-{n}-{split}" for n, _, _ in member_runs(cfg))])  # fmt: skip
+        plan.add(
+            f"ensemble-apply-{split}",
+            [
+                "ensemble",
+                "apply",
+                "--recipe",
+                recipe,
+                "--predictions",
+                *predictions[split],
+                "--views",
+                labels[split],
+                "--out",
+                applied[split],
+            ],
+            [applied[split]],
+            [built, f"labels-{split}", *(f"predict-{n}-{split}" for n, _, _ in member_runs(cfg))],
+        )
 
     for sub in cfg.submissions:
         ids = sub.ids if sub.ids is not None else labels[sub.split]
@@ -344,8 +431,12 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             scored_after = [f"predict-{p.stem}-{sub.split}-t3" for p in scores]
         else:
             scores, scored_after = [applied[sub.split]], [f"ensemble-apply-{sub.split}"]
-        plan.add(f"submit-{sub.task}", ["submit", "write", "--task", sub.task, "--ids", ids, "--predictions", *scores,
-                                        "--out", zip_path], [zip_path], [*scored_after, f"labels-{sub.split}"])  # fmt: skip
+        plan.add(
+            f"submit-{sub.task}",
+            ["submit", "write", "--task", sub.task, "--ids", ids, "--predictions", *scores, "--out", zip_path],
+            [zip_path],
+            [*scored_after, f"labels-{sub.split}"],
+        )
         truth = sub.labels if sub.labels is not None else (labels[sub.split] if sub.ids is None else None)
         if truth is None:
             continue
@@ -356,13 +447,37 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             compared = ["--members", *predictions[sub.split], "--ensemble", applied[sub.split], "--recipe", recipe]
         images = []
         if synth_report is not None and sub.task == "t1":
-            images = ["--image", f"Synthetic tail-class samples (kept by the filter)={synth_report / 'samples.png'}",
-                      "--image", f"Train positives, real vs real + synthetic={synth_report / 'counts.png'}"]  # fmt: skip
+            images = [
+                "--image",
+                f"Synthetic tail-class samples (kept by the filter)={synth_report / 'samples.png'}",
+                "--image",
+                f"Train positives, real vs real + synthetic={synth_report / 'counts.png'}",
+            ]
         title = f"{cfg.name or out.name}, {TASK_TITLES[sub.task]}: {'zero-shot members' if sub.task == 't3' else 'members and ensemble'} on the {sub.split} split"
-        plan.add(f"report-{sub.task}", ["ensemble", "compare", "--task", sub.task, *compared, "--labels", truth, *images,
-                                        "--title", title, "--out", report], [report / "index.html"],
-                 [*scored_after, f"labels-{sub.split}", *(f"predict-{n}-{sub.split}" for n, _, _ in member_runs(cfg)),
-                  *(["synth-report"] if images else [])])  # fmt: skip
+        plan.add(
+            f"report-{sub.task}",
+            [
+                "ensemble",
+                "compare",
+                "--task",
+                sub.task,
+                *compared,
+                "--labels",
+                truth,
+                *images,
+                "--title",
+                title,
+                "--out",
+                report,
+            ],
+            [report / "index.html"],
+            [
+                *scored_after,
+                f"labels-{sub.split}",
+                *(f"predict-{n}-{sub.split}" for n, _, _ in member_runs(cfg)),
+                *(["synth-report"] if images else []),
+            ],
+        )
     return plan.steps
 
 

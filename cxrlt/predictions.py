@@ -47,7 +47,7 @@ class PredictionMeta:
     checkpoint: str | None = None
     mlflow_run_id: str | None = None
     tta: str | None = None  # e.g. "none", "hflip"; free text describing test-time augmentation
-    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

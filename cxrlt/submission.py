@@ -82,10 +82,7 @@ def _read_submission_text(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [
-                n for n in archive.namelist()
-                if n.lower().endswith(".csv") and not n.startswith("__MACOSX/")
-            ]  # fmt: skip
+            members = [n for n in archive.namelist() if n.lower().endswith(".csv") and not n.startswith("__MACOSX/")]
             if len(members) != 1:
                 raise InputError(f"{path}: the zip must hold exactly one .csv, found {members or 'none'}")
             # CodaLab reads one CSV at the zip's top level; one in a folder (or a '../' name) is not read.

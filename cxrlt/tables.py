@@ -106,9 +106,7 @@ def parse_labels(
         bad = np.flatnonzero(mapped.isna().to_numpy())
         if bad.size:
             shown = [f"line {line_of(r)} = {cells.iloc[r]!r}" for r in bad]
-            raise InputError(
-                f"{path}: column {name!r}: label values must be 1, 0, -1 or blank; got {_listing(shown)}"
-            )
+            raise InputError(f"{path}: column {name!r}: label values must be 1, 0, -1 or blank; got {_listing(shown)}")
         values = mapped.to_numpy(dtype=np.float32)
         out[:, j] = np.where(cells.to_numpy() == "", blank, np.where(values == -1, uncertain, values))
     return out

@@ -126,7 +126,9 @@ class Tracker:
                 self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return found.experiment_id
         location = None if self.artifact_root is None else (self.artifact_root / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        return self.client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
 
     @contextlib.contextmanager
     def run(

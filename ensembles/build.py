@@ -45,10 +45,16 @@ class BuildResult:
 
 
 def _choose_views(
-    config: EnsembleConfig, oof: np.ndarray, studies: Studies, views: np.ndarray, objective: Objective, folds: np.ndarray
+    config: EnsembleConfig,
+    oof: np.ndarray,
+    studies: Studies,
+    views: np.ndarray,
+    objective: Objective,
+    folds: np.ndarray,
 ) -> tuple[str, dict[str, float], np.ndarray]:
     scores, predictions = {}, {}
     for method in config.views:
+
         def fit_predict(train: np.ndarray, test: np.ndarray, method: str = method) -> np.ndarray:
             agg = ViewAggregator(method, config.frontal_weight).fit(
                 oof[train], studies.subset(train), views[train], objective.subset(train)
@@ -88,10 +94,14 @@ def build(
     objective = Objective(table.labels, spec, stack.classes, groups)
     folds = patient_folds(table.patient_ids, config.folds, config.seed)
     member_scores = {m.name: objective(p) for m, p in zip(stack.members, stack.probs)}
-    console.print(f"{len(stack.members)} members, {stack.image_ids.size} images, {len(stack.classes)} classes; "
-                  f"best single {max(member_scores.values()):.4f}")  # fmt: skip
+    console.print(
+        f"{len(stack.members)} members, {stack.image_ids.size} images, {len(stack.classes)} classes; "
+        f"best single {max(member_scores.values()):.4f}"
+    )
 
-    trials = run_search(stack.probs, table.labels, folds, spec, stack.classes, groups, config.search, out_dir / "search")
+    trials = run_search(
+        stack.probs, table.labels, folds, spec, stack.classes, groups, config.search, out_dir / "search"
+    )
     best = trials[0]
     console.print(f"search: {len(trials)} trials, best {best.combiner} {best.params} out-of-fold {best.score:.4f}")
     combiner = make_combiner(best.combiner, best.params)
@@ -149,7 +159,13 @@ def build(
 
 
 def _save_report_arrays(
-    path: Path, stack: MemberStack, objective: Objective, combiner, labels: np.ndarray, raw: np.ndarray, calibrated: np.ndarray
+    path: Path,
+    stack: MemberStack,
+    objective: Objective,
+    combiner,
+    labels: np.ndarray,
+    raw: np.ndarray,
+    calibrated: np.ndarray,
 ) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
@@ -187,7 +203,9 @@ def _log_build(
     weights = make_combiner(recipe.combiner["name"], recipe.combiner["state"]).member_weights(
         len(stack.members), len(stack.classes)
     )
-    run.log_params({**_flatten("", to_dict(config)), "combiner": recipe.combiner["name"], "views": recipe.views["method"]})
+    run.log_params(
+        {**_flatten("", to_dict(config)), "combiner": recipe.combiner["name"], "views": recipe.views["method"]}
+    )
     run.log_metrics({k: v for k, v in recipe.scores.items() if np.isfinite(v)})
     run.set_tags({"cxrlt.schema": stack.schema, "cxrlt.split": stack.split})
     for m, member in enumerate(stack.members):
@@ -198,6 +216,8 @@ def _log_build(
             child.log_metrics({"dev_score": member_scores[member.name], "mean_weight": float(weights[m].mean())})
     for i, trial in enumerate(trials):
         name = f"trial-{i:03d}-{trial.combiner}"
-        with tracker.run(config.experiment, name, parent_run_id=run.run_id, tags={"cxrlt.kind": "search-trial"}) as child:
+        with tracker.run(
+            config.experiment, name, parent_run_id=run.run_id, tags={"cxrlt.kind": "search-trial"}
+        ) as child:
             child.log_params({"combiner": trial.combiner, **trial.params})
             child.log_metrics({"oof_score": trial.score})

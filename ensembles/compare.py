@@ -318,7 +318,9 @@ def write_comparison(
         if missing:
             raise InputError(f"{first.path}: no column for task {task} class(es) {missing}")
         frame = read_csv_strings(labels)
-        rows = np.flatnonzero(np.isin(image_ids.astype(str), unique_ids(frame, resolve_id_column(None, (frame, labels)), labels)))
+        rows = np.flatnonzero(
+            np.isin(image_ids.astype(str), unique_ids(frame, resolve_id_column(None, (frame, labels)), labels))
+        )
         if rows.size == 0:
             raise InputError(f"{labels}: none of its ids is among the {image_ids.size} predicted images")
         columns = [first.meta.classes.index(c) for c in classes]
@@ -356,9 +358,14 @@ def write_comparison(
         comparison, member_names, out_dir / "ap_vs_prevalence.png"
     )
     figures[f"Precision-recall per class ({shown})"] = pr_plot(
-        label_table, probs[shown], classes, scored, np.array([r.ap for r in models[shown].per_class]),
-        out_dir / "pr_curves.png", title=shown,
-    )  # fmt: skip
+        label_table,
+        probs[shown],
+        classes,
+        scored,
+        np.array([r.ap for r in models[shown].per_class]),
+        out_dir / "pr_curves.png",
+        title=shown,
+    )
     series = {n: probs[n][:, columns] for n in ([ENSEMBLE] if ensemble is not None else []) + member_names}
     figures["Reliability (pooled over scored classes, 10 bins)"] = reliability_plot(
         scored_labels, series, out_dir / "reliability.png", highlight=ENSEMBLE

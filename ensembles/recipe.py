@@ -65,7 +65,9 @@ class Recipe:
     def combine(self, probs: np.ndarray, study_ids: np.ndarray, views: np.ndarray) -> np.ndarray:
         """Members (M, N, C) in `member_names` order -> calibrated ensemble probabilities (N, C)."""
         combiner = make_combiner(self.combiner["name"], self.combiner["state"])
-        aggregated = ViewAggregator.from_state(self.views).predict(combiner.predict(probs), Studies.of(study_ids), views)
+        aggregated = ViewAggregator.from_state(self.views).predict(
+            combiner.predict(probs), Studies.of(study_ids), views
+        )
         return np.clip(Calibrator.from_state(self.calibration).predict(aggregated), 0.0, 1.0)
 
 
@@ -90,7 +92,7 @@ def _same_checkpoint(recorded: str | None, found: str | None) -> bool:
     if a.is_absolute() == b.is_absolute():
         return False
     relative, absolute = (a, b) if b.is_absolute() else (b, a)
-    return absolute.parts[-len(relative.parts):] == relative.parts
+    return absolute.parts[-len(relative.parts) :] == relative.parts
 
 
 def check_member(record: dict[str, Any], path: Path, meta: PredictionMeta) -> None:
@@ -114,7 +116,9 @@ def stack_for(recipe: Recipe, paths: list[str | os.PathLike]) -> MemberStack:
     missing = [n for n in recipe.member_names if n not in names]
     extra = [str(m.path) for m in stack.members if m.name not in recipe.member_names]
     if missing or extra:
-        raise InputError(f"prediction files do not match the recipe's members: missing models {missing}, not in the recipe {extra}")
+        raise InputError(
+            f"prediction files do not match the recipe's members: missing models {missing}, not in the recipe {extra}"
+        )
     order = [names.index(n) for n in recipe.member_names]
     for record, i in zip(recipe.members, order):
         check_member(record, stack.members[i].path, stack.members[i].meta)

@@ -108,9 +108,12 @@ def run_search(
         ray.init(num_cpus=config.cpus, include_dashboard=False, log_to_driver=False)
     try:
         trainable = tune.with_parameters(
-            _trial, probs=probs, labels=labels, folds=folds,
+            _trial,
+            probs=probs,
+            labels=labels,
+            folds=folds,
             context={"spec": spec, "classes": tuple(classes), "groups": dict(groups)},
-        )  # fmt: skip
+        )
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
             param_space=param_space,

@@ -38,9 +38,15 @@ class Simulation:
     def rows(self, keep: np.ndarray) -> Simulation:
         """The simulation restricted to rows `keep` (e.g. one split)."""
         return Simulation(
-            self.classes, self.image_ids[keep], self.study_ids[keep], self.patient_ids[keep],
-            self.views[keep], self.labels[keep], self.probs[:, keep], self.quality,
-        )  # fmt: skip
+            self.classes,
+            self.image_ids[keep],
+            self.study_ids[keep],
+            self.patient_ids[keep],
+            self.views[keep],
+            self.labels[keep],
+            self.probs[:, keep],
+            self.quality,
+        )
 
 
 def simulate(
@@ -95,7 +101,11 @@ def write_simulation(
     paths = []
     for m in range(sim.probs.shape[0]):
         meta = PredictionMeta(classes=sim.classes, schema=schema, split=split, model=f"member{m:02d}", tta="none")
-        paths.append(write_predictions(folder / f"member{m:02d}.{split}{suffix}", sim.image_ids, sim.study_ids, sim.probs[m], meta))
+        paths.append(
+            write_predictions(
+                folder / f"member{m:02d}.{split}{suffix}", sim.image_ids, sim.study_ids, sim.probs[m], meta
+            )
+        )
     table = pd.DataFrame(np.where(sim.labels == -1, np.nan, sim.labels), columns=list(sim.classes)).astype("Int8")
     table.insert(0, "ViewPosition", sim.views)
     table.insert(0, "study_id", sim.study_ids)

@@ -42,7 +42,9 @@ def task_scores(
         rows = pd.Index(predictions.image_ids).get_indexer(ids)
         if (rows < 0).any():
             absent = [i for i, r in zip(ids, rows) if r < 0]
-            shown = ", ".join(absent[:_SHOWN]) + (f" ... and {len(absent) - _SHOWN} more" if len(absent) > _SHOWN else "")
+            shown = ", ".join(absent[:_SHOWN]) + (
+                f" ... and {len(absent) - _SHOWN} more" if len(absent) > _SHOWN else ""
+            )
             raise InputError(f"{path}: no prediction for {len(absent)} id(s) of {ids_path}: {shown}")
         columns = [predictions.meta.classes.index(c) for c in classes]
         total += predictions.probs[np.ix_(rows, columns)]

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Scores are out of fold over patient-grouped folds of the dev set.",
     )
     build.add_argument("--predictions", required=True, nargs="+", type=Path, help="members' dev prediction files")
-    build.add_argument("--labels", required=True, type=Path, help="dev label CSV (dicom_id/image_id, patient column, classes)")
+    build.add_argument(
+        "--labels", required=True, type=Path, help="dev label CSV (dicom_id/image_id, patient column, classes)"
+    )
     build.add_argument("--views", type=Path, help="CSV with the view column (default: the label CSV)")
     build.add_argument("--config", type=Path, help="ensemble config TOML")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -42,13 +44,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--members", required=True, nargs="+", type=Path, help="members' prediction files")
     compare.add_argument("--ensemble", type=Path, help="the ensemble's prediction file (from `ensemble apply`)")
-    compare.add_argument("--labels", required=True, type=Path,
-                         help="label CSV of the split (dicom_id/image_id, subject_id, classes)")  # fmt: skip
+    compare.add_argument(
+        "--labels", required=True, type=Path, help="label CSV of the split (dicom_id/image_id, subject_id, classes)"
+    )
     compare.add_argument("--recipe", type=Path, help="recipe.json whose member weights to draw")
-    compare.add_argument("--image", dest="images", action="append", default=[], type=_titled_image,
-                         metavar="TITLE=PATH", help="an extra PNG to show under TITLE (repeatable)")  # fmt: skip
-    compare.add_argument("--task", choices=["t1", "t2", "t3"],
-                         help="score only this CXR-LT task's classes, on the images the label CSV lists")  # fmt: skip
+    compare.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        type=_titled_image,
+        metavar="TITLE=PATH",
+        help="an extra PNG to show under TITLE (repeatable)",
+    )
+    compare.add_argument(
+        "--task",
+        choices=["t1", "t2", "t3"],
+        help="score only this CXR-LT task's classes, on the images the label CSV lists",
+    )
     compare.add_argument("--title", default=None, help="page title")
     compare.add_argument("--out", required=True, type=Path, help="report folder")
     compare.set_defaults(run=run_compare)
@@ -57,11 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from launch.console import make_console
-
     from cxrlt.config import load_config
     from ensembles.build import build
     from ensembles.config import EnsembleConfig
+    from launch.console import make_console
 
     console = make_console()
     config = load_config(EnsembleConfig, args.config, args.overrides)
@@ -99,15 +111,20 @@ def _titled_image(spec: str) -> tuple[str, Path]:
 def run_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from launch.console import make_console
-
     from ensembles.compare import COLUMNS, DEFAULT_TITLE, write_comparison
+    from launch.console import make_console
 
     console = make_console()
     result = write_comparison(
-        args.members, args.labels, args.out, ensemble=args.ensemble, recipe=args.recipe,
-        images=dict(args.images), title=args.title or DEFAULT_TITLE, task=args.task,
-    )  # fmt: skip
+        args.members,
+        args.labels,
+        args.out,
+        ensemble=args.ensemble,
+        recipe=args.recipe,
+        images=dict(args.images),
+        title=args.title or DEFAULT_TITLE,
+        task=args.task,
+    )
     summary = result.summary()
     columns = [k for k in COLUMNS if any(row[k] is not None for row in summary.values())]
     title = f"split {result.split}: {result.n_images} images, {len(result.classes_scored)} classes scored"

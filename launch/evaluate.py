@@ -56,13 +56,12 @@ def _fmt(value: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from launch.console import make_console
-
     from cxrlt.atomic import write_text_atomic
     from cxrlt.errors import InputError
     from cxrlt.labels import get_schema
     from cxrlt.metrics import DEFAULT_CRITICAL, evaluate
     from cxrlt.tables import align_predictions
+    from launch.console import make_console
 
     try:
         schema = get_schema(args.schema)
@@ -88,9 +87,17 @@ def run(args: argparse.Namespace) -> int:
     per_class = Table("class", "group", "n", "pos", "prev", "AP", "AUROC", "F1", "ECE", "FNR", title="per class")
     for row in result.per_class:
         per_class.add_row(
-            row.name, row.group or "-", str(row.n), str(row.n_positive), _fmt(row.prevalence),
-            _fmt(row.ap), _fmt(row.auroc), _fmt(row.f1), _fmt(row.ece), _fmt(row.fnr),
-        )  # fmt: skip
+            row.name,
+            row.group or "-",
+            str(row.n),
+            str(row.n_positive),
+            _fmt(row.prevalence),
+            _fmt(row.ap),
+            _fmt(row.auroc),
+            _fmt(row.f1),
+            _fmt(row.ece),
+            _fmt(row.fnr),
+        )
     console.print(summary)
     console.print(per_class)
     if result.critical_fnr:

@@ -34,8 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as SLURM jobs. Rerunning skips finished steps.",
     )
     parser.add_argument("config", type=Path, help="pipeline TOML (configs/demo.toml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a [pipeline] value, e.g. pipeline.out_dir=runs/demo2")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a [pipeline] value, e.g. pipeline.out_dir=runs/demo2",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the steps and whether each would run")
     parser.set_defaults(run=run)
 
@@ -91,12 +97,12 @@ def _run_step(step) -> int:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from cxrlt.errors import InputError
     from cxrlt.config import load_config
+    from cxrlt.errors import InputError
     from cxrlt.pipeline import TASK_TITLES, check_train_steps, load_pipeline, make_plan, submission_file
-    from trainers.config import TrainConfig
     from cxrlt.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, sqlite_uri
     from launch.console import make_console
+    from trainers.config import TrainConfig
 
     console = make_console()
     cfg = load_pipeline(args.config, args.overrides)
@@ -107,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for i, step in enumerate(steps, 1):
             mark = "done" if state.finished(step) else "to run"
-            console.print(f"[{i}/{len(steps)}] {step.name} ({mark}): cxrlt {shlex.join(step.argv)}", soft_wrap=True, markup=False)
+            console.print(
+                f"[{i}/{len(steps)}] {step.name} ({mark}): cxrlt {shlex.join(step.argv)}", soft_wrap=True, markup=False
+            )
         return 0
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +125,12 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, tuple[str, float]] = {}
     rebuilt: set[str] = set()
     name = cfg.name or cfg.out_dir.name
-    with tracker.run(cfg.experiment, name, tags={"cxrlt.kind": "pipeline", "config": str(args.config)},
-                     resume_run_id=state.data.get("run_id")) as parent:  # fmt: skip
+    with tracker.run(
+        cfg.experiment,
+        name,
+        tags={"cxrlt.kind": "pipeline", "config": str(args.config)},
+        resume_run_id=state.data.get("run_id"),
+    ) as parent:
         state.data["run_id"] = parent.run_id
         state.save()
         with _environment({PARENT_RUN_ENV: parent.run_id, TRACKING_URI_ENV: uri}):
@@ -133,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
                 t0 = time.monotonic()
                 status = _run_step(step)
                 if status != 0:
-                    raise InputError(f"step {step.name} failed (exit {status}); fix it and rerun `cxrlt pipeline "
-                                     f"{args.config}`: finished steps are reused")  # fmt: skip
+                    raise InputError(
+                        f"step {step.name} failed (exit {status}); fix it and rerun `cxrlt pipeline "
+                        f"{args.config}`: finished steps are reused"
+                    )
                 missing = [str(p) for p in step.done if not p.exists()]
                 if missing:
                     raise InputError(f"step {step.name} exited 0 but did not write {', '.join(missing)}")
@@ -157,8 +171,12 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(step_name, what, f"{seconds:.0f}")
     console.print(table)
     for task, metrics in reports.items():
-        figures = Table("model", "mAP", "mAUROC", title=f"{TASK_TITLES[task]}: {metrics['split']} split, "
-                        f"{len(metrics['classes_scored'])} classes scored")  # fmt: skip
+        figures = Table(
+            "model",
+            "mAP",
+            "mAUROC",
+            title=f"{TASK_TITLES[task]}: {metrics['split']} split, {len(metrics['classes_scored'])} classes scored",
+        )
         figures.add_row("prevalence baseline", f"{metrics['prevalence_mAP']:.4f}", "0.5000")
         for model, values in metrics["models"].items():
             figures.add_row(model, *(_figure(values.get(k)) for k in ("mAP", "mAUROC")))
@@ -183,8 +201,10 @@ def _write_report_index(cfg, name: str) -> dict[str, dict[str, Any]]:
         folder = report_dir(cfg, sub)
         submission = submission_file(cfg, sub).relative_to(cfg.out_dir)
         if not (folder / "metrics.json").is_file():
-            sections.append(f"<h2>{TASK_TITLES[sub.task]}</h2><p>Submission <code>{submission}</code>; no labels to "
-                            "score it here.</p>")  # fmt: skip
+            sections.append(
+                f"<h2>{TASK_TITLES[sub.task]}</h2><p>Submission <code>{submission}</code>; no labels to "
+                "score it here.</p>"
+            )
             continue
         metrics = reports[sub.task] = json.loads((folder / "metrics.json").read_text())
         rows = "".join(

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "rehearsal",
@@ -18,11 +17,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make = actions.add_parser("make", help="write the rehearsal tree (reused when DIR holds one with the same options)")
     make.add_argument("--out", required=True, type=Path, help="folder to create (written beside, then renamed)")
     make.add_argument("--seed", type=int, default=0, help="seed for every invented value (default 0)")
-    make.add_argument("--images", type=int, help="use the first N of the 621 images after a seeded shuffle (default: all)")
+    make.add_argument(
+        "--images", type=int, help="use the first N of the 621 images after a seeded shuffle (default: all)"
+    )
     make.add_argument(
         "--external", type=int, help="images held out in NIH's layout (default: 100 of 621, scaled with --images)"
     )
-    make.add_argument("--reports-archive", help="IU X-ray NLMCXR_reports.tgz (default: shared/data/reports/ beside the checkout)")
+    make.add_argument(
+        "--reports-archive", help="IU X-ray NLMCXR_reports.tgz (default: shared/data/reports/ beside the checkout)"
+    )
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(run=run)
 

@@ -14,10 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from launch.console import make_console
-
     from cxrlt.errors import InputError
     from cxrlt.labels import SCHEMAS, get_schema
+    from launch.console import make_console
 
     console = make_console()
     if args.name is None:

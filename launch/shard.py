@@ -12,9 +12,12 @@ if TYPE_CHECKING:
 
 SOURCES = ("mimic-cxr-lt", "nih", "chexpert", "padchest", "csv", "starter")
 DEFAULT_SCHEMA = {
-    "mimic-cxr-lt": "cxr-lt-2024-task1", "nih": "nih-14", "starter": "nih-14", "chexpert": "chexpert-14",
+    "mimic-cxr-lt": "cxr-lt-2024-task1",
+    "nih": "nih-14",
+    "starter": "nih-14",
+    "chexpert": "chexpert-14",
     "padchest": "padchest",
-}  # fmt: skip
+}
 POLICIES = ("unknown", "positive", "negative")
 
 
@@ -36,10 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-columns", help="csv: comma-separated label columns (default: the schema's names)")
     p.add_argument("--level", choices=("image", "study"), default="image")
     p.add_argument(
-        "--max-views", type=int, default=0,
+        "--max-views",
+        type=int,
+        default=0,
         help="study level: store at most this many views per study, frontal first (the rest are counted as "
         "views_dropped in _index.json); default 0 stores every view, which predictions need to cover every image",
-    )  # fmt: skip
+    )
     p.add_argument("--max-size", type=int, default=512, help="long side of stored images, pixels")
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")

@@ -22,14 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("slurm", help="run cxrlt commands as SLURM jobs")
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, text in KIND_HELP.items():
-        sub = kinds.add_parser(kind, help=text, description="Renders an sbatch script from CONFIG's [slurm] "
-                               "table and submits it; prints the job id.")  # fmt: skip
+        sub = kinds.add_parser(
+            kind,
+            help=text,
+            description="Renders an sbatch script from CONFIG's [slurm] table and submits it; prints the job id.",
+        )
         _add_job_options(sub)
         sub.add_argument("config", type=Path, help="the command's TOML with a [slurm] table")
         # Python 3.11's argparse cannot take `CONFIG [options] -- ARGS` with a nargs="*" positional
         # (it is matched, empty, right after CONFIG), so the rest is split at "--" in run_submit.
-        sub.add_argument("rest", nargs=argparse.REMAINDER, metavar="[--set ...] [--dry-run] [-- ARGS]",
-                         help="ARGS (after --) go to the command itself")  # fmt: skip
+        sub.add_argument(
+            "rest",
+            nargs=argparse.REMAINDER,
+            metavar="[--set ...] [--dry-run] [-- ARGS]",
+            help="ARGS (after --) go to the command itself",
+        )
         sub.set_defaults(run=run_submit)
     show = kinds.add_parser("status", help="state of a submitted job or chain")
     show.add_argument("job", nargs="?", help="job id or submission folder (default: the newest submission)")
@@ -39,8 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="slurm.* keys configure the job; the others go to the command")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm.* keys configure the job; the others go to the command",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the script(s); submit nothing")
 
 
@@ -88,8 +101,9 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"state": state, "dir": record.dir, "tasks": [asdict(t) for t in tasks]}, indent=2))
         return 0
-    table = Table("step", "job", "state", "reason", "exit", "restarts", "nodes",
-                  title=f"{record.kind} {record.dir} — {state}")  # fmt: skip
+    table = Table(
+        "step", "job", "state", "reason", "exit", "restarts", "nodes", title=f"{record.kind} {record.dir} — {state}"
+    )
     for t in tasks:
         table.add_row(t.step, t.job_id, t.state, t.reason, t.exit_code, t.restarts, t.nodes)
     make_console().print(table)

@@ -30,8 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     write.add_argument("--task", required=True, choices=["t1", "t2", "t3"])
     write.add_argument("--ids", required=True, type=Path, help="the development/test CSV (dicom_id column)")
-    write.add_argument("--predictions", required=True, nargs="+", type=Path,
-                       help="prediction file(s) (image_id + classes); several are averaged per class")  # fmt: skip
+    write.add_argument(
+        "--predictions",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="prediction file(s) (image_id + classes); several are averaged per class",
+    )
     write.add_argument("--out", required=True, type=Path, help="submission .zip or .csv")
     write.set_defaults(run=run_write)
 

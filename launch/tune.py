@@ -15,8 +15,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "best.toml (a config for cxrlt train) into run.out_dir. --resume continues a killed study.",
     )
     parser.add_argument("config", type=Path, help="tune config TOML naming its base training config (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a tune config key, or train.KEY for the training config")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tune config key, or train.KEY for the training config",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the study in run.out_dir")
     parser.set_defaults(run=run)
 
@@ -25,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from trainers.tune_study import run_study
 
     summary = run_study(args.config, args.overrides, resume=args.resume)
-    values = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in summary.best_values.items())
+    values = ", ".join(
+        f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in summary.best_values.items()
+    )
     print(f"best trial {summary.best_trial}: {summary.best_score:.4f} with {values}")
     return 0

@@ -33,8 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapt.add_argument("--examples", required=True, type=Path, help="CSV with class,label,image_id columns")
     adapt.add_argument("--classes", default="", help="comma-separated names to score (default the model's)")
     adapt.add_argument("--descriptions", type=Path, help="class descriptions file or packaged name")
-    adapt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="few-shot settings: steps, lr, anchor")  # fmt: skip
+    adapt.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="few-shot settings: steps, lr, anchor",
+    )
     adapt.add_argument("--out", required=True, type=Path, help="adapted trained-model file (.pt)")
     adapt.set_defaults(run=run_adapt)
 
@@ -63,8 +69,14 @@ def run_adapt(args: argparse.Namespace) -> int:
 
     cfg = load_config(FewShotConfig, None, args.overrides)
     out = adapt(
-        args.model, args.shards, args.split, read_examples(args.examples), args.out,
-        parse_class_list(args.classes), args.descriptions, cfg,
-    )  # fmt: skip
+        args.model,
+        args.shards,
+        args.split,
+        read_examples(args.examples),
+        args.out,
+        parse_class_list(args.classes),
+        args.descriptions,
+        cfg,
+    )
     print(f"wrote {out}")
     return 0

@@ -33,7 +33,9 @@ class UNetConfig:
         if len(self.block_out_channels) < 2:
             raise ValueError("block_out_channels needs at least two levels")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"every block_out_channels entry must be divisible by norm_num_groups={self.norm_num_groups}")
+            raise ValueError(
+                f"every block_out_channels entry must be divisible by norm_num_groups={self.norm_num_groups}"
+            )
 
 
 @dataclass
@@ -85,7 +87,10 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=lambda: EmaConfig(enabled=True, decay=0.999))
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.checkpoint_every, self.log_every, self.grid_every, self.grid_steps) < 1:
+        if (
+            min(self.steps, self.batch_size, self.checkpoint_every, self.log_every, self.grid_every, self.grid_steps)
+            < 1
+        ):
             raise ValueError("steps, batch_size, checkpoint_every, log_every, grid_every and grid_steps must be >= 1")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")

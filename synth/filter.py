@@ -34,7 +34,9 @@ def score_candidates(candidates: list[Candidate], out: Path, cfg: FilterConfig) 
     if missing:
         raise InputError(f"filter.classifier {cfg.classifier}: does not predict {missing}")
     t = saved.transform
-    transform = ImageTransform(TransformConfig(size=t["size"], channels=t["channels"], mean=t["mean"], std=t["std"]), train=False)
+    transform = ImageTransform(
+        TransformConfig(size=t["size"], channels=t["channels"], mean=t["mean"], std=t["std"]), train=False
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = saved.build(use_ema=cfg.use_ema).to(device)
     rng = np.random.default_rng(0)  # the evaluation transform draws nothing; it only needs the argument

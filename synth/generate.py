@@ -9,10 +9,8 @@ was drawn in, and a rerun regenerates only the images whose PNG is missing (a ki
 from __future__ import annotations
 
 import json
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +67,9 @@ def image_seed(seed: int, class_position: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, class_position, number]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def plan_candidates(label_sets: list[LabelSets], classes: list[str], cfg: SampleConfig, model: SynthModel) -> list[Candidate]:
+def plan_candidates(
+    label_sets: list[LabelSets], classes: list[str], cfg: SampleConfig, model: SynthModel
+) -> list[Candidate]:
     return [
         Candidate(
             key=sample_key(f"synth_{sets.target}_{i:05d}"),
@@ -103,7 +103,9 @@ def generate(candidates: list[Candidate], model: SynthModel, out: Path, batch_si
             labels = torch.tensor([c.labels for c in batch], dtype=torch.float32)
             generators = [torch.Generator().manual_seed(c.seed) for c in batch]
             first = batch[0]
-            images = diffusion.sample(diffusion.trainable, labels, first.guidance, first.ddim_steps, generators, first.eta)
+            images = diffusion.sample(
+                diffusion.trainable, labels, first.guidance, first.ddim_steps, generators, first.eta
+            )
             for candidate, pixels in zip(batch, to_uint8(images)):
                 write_bytes_atomic(image_path(out, candidate), encode(Image.fromarray(pixels, mode="L"), "png"))
             bar.update(len(batch))

@@ -90,14 +90,22 @@ class Diffusion:
             latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample.mean(1, keepdim=True)
         return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
 
-    def loss(self, modules: nn.ModuleDict, images: torch.Tensor, labels: torch.Tensor, drop: torch.Tensor,
-             generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    def loss(
+        self,
+        modules: nn.ModuleDict,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        drop: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
         """DDPM loss on a batch: noise at uniform timesteps, predict the noise (or v), mean squared error.
         All randomness comes from `generator` (CPU) so a resumed run draws the same numbers."""
         latents = self.to_latents(images, generator)
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(self.device)
+        steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(
+            self.device
+        )
         noisy = self.scheduler.add_noise(latents, noise, steps)
         if self.scheduler.config.prediction_type == "v_prediction":
             target = self.scheduler.get_velocity(latents, noise, steps)
@@ -108,8 +116,15 @@ class Diffusion:
         return F.mse_loss(predicted.float(), target.float())
 
     @torch.no_grad()
-    def sample(self, modules: nn.ModuleDict, labels: torch.Tensor, guidance: float, steps: int,
-               generators: list[torch.Generator], eta: float = 0.0) -> torch.Tensor:  # fmt: skip
+    def sample(
+        self,
+        modules: nn.ModuleDict,
+        labels: torch.Tensor,
+        guidance: float,
+        steps: int,
+        generators: list[torch.Generator],
+        eta: float = 0.0,
+    ) -> torch.Tensor:
         """Guided DDIM sampling of one image per label row; image i depends only on generators[i]
         (its starting noise and, with eta > 0, its step noise), not on the rest of the batch."""
         ddim = DDIMScheduler.from_config(self.scheduler.config)
@@ -122,7 +137,9 @@ class Diffusion:
         for t in ddim.timesteps:
             model_input = ddim.scale_model_input(torch.cat([latents, latents]), t)
             with autocast(self.device):
-                unconditioned, conditioned = modules["unet"](model_input, t, encoder_hidden_states=context).sample.chunk(2)
+                unconditioned, conditioned = modules["unet"](
+                    model_input, t, encoder_hidden_states=context
+                ).sample.chunk(2)
             guided = unconditioned.float() + guidance * (conditioned.float() - unconditioned.float())
             latents = ddim.step(guided, t, latents, eta=eta, generator=generators).prev_sample
         return self.to_images(latents)
@@ -163,12 +180,16 @@ def _from_folder(config: DiffusionConfig, classes: Sequence[str]) -> Diffusion:
     folder = Path(config.pretrained)
     missing = [part for part in PRETRAINED_PARTS if not (folder / part).is_dir()]
     if missing:
-        raise InputError(f"model.pretrained {folder}: not a diffusers Stable Diffusion folder (no {', '.join(missing)}/)")
+        raise InputError(
+            f"model.pretrained {folder}: not a diffusers Stable Diffusion folder (no {', '.join(missing)}/)"
+        )
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, low_cpu_mem_usage=False)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     if config.image_size % scale:
         raise InputError(f"model.image_size {config.image_size} is not a multiple of the VAE's downscale {scale}")
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
+    unet = UNet2DConditionModel.from_pretrained(
+        folder, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
+    )
     # The folder's UNet was trained at its own size; the latent size follows the requested image size.
     unet.register_to_config(sample_size=config.image_size // scale)
     prompts = PromptEncoder(
@@ -198,8 +219,14 @@ class SynthModel:
     path: Path
 
 
-def save_synth_model(path: str | os.PathLike, diffusion: Diffusion, modules: nn.ModuleDict, schema: str,
-                     step: int, config_hash: str | None = None) -> Path:  # fmt: skip
+def save_synth_model(
+    path: str | os.PathLike,
+    diffusion: Diffusion,
+    modules: nn.ModuleDict,
+    schema: str,
+    step: int,
+    config_hash: str | None = None,
+) -> Path:
     """Write `modules`' weights (the live or the EMA copy) with the model's description, atomically."""
     payload: dict[str, Any] = {
         "format": FORMAT,

@@ -71,19 +71,25 @@ def pass_rates(candidates: list[Candidate]) -> dict[str, dict[str, Any]]:
         scores = [c.filter_score for c in group if c.filter_score is not None]
         kept = sum(c.kept for c in group)
         rates[target] = {
-            "generated": len(group), "kept": kept, "pass_rate": kept / len(group),
+            "generated": len(group),
+            "kept": kept,
+            "pass_rate": kept / len(group),
             "mean_score": float(np.mean(scores)) if scores else None,
-        }  # fmt: skip
+        }
     return rates
 
 
 def _load(synthetic: Path, shown: list[Candidate]) -> torch.Tensor:
     from PIL import Image
 
-    return torch.stack([
-        torch.from_numpy(np.asarray(Image.open(image_path(synthetic, c)).convert("L"), dtype=np.float32) / 255.0)[None]
-        for c in shown
-    ])  # fmt: skip
+    return torch.stack(
+        [
+            torch.from_numpy(np.asarray(Image.open(image_path(synthetic, c)).convert("L"), dtype=np.float32) / 255.0)[
+                None
+            ]
+            for c in shown
+        ]
+    )
 
 
 def class_grids(candidates: list[Candidate], synthetic: Path, out: Path, cfg: ReportConfig) -> dict[str, str]:
@@ -103,13 +109,16 @@ def samples_figure(candidates: list[Candidate], synthetic: Path, path: Path, per
 
     plt = _pyplot()
     targets = list(dict.fromkeys(c.target for c in candidates))
-    fig, axes = plt.subplots(max(1, len(targets)), 1, figsize=(1.2 * per_class, 1.3 * max(1, len(targets))), squeeze=False)
+    fig, axes = plt.subplots(
+        max(1, len(targets)), 1, figsize=(1.2 * per_class, 1.3 * max(1, len(targets))), squeeze=False
+    )
     for ax, target in zip(axes[:, 0], targets):
         group = [c for c in candidates if c.target == target]
         shown = sorted(group, key=lambda c: (not c.kept, -(c.filter_score or 0.0)))[:per_class]
         ax.imshow(image_grid(_load(synthetic, shown), per_class), cmap="gray", vmin=0, vmax=255)
-        ax.set_ylabel(f"{target}\nkept {sum(c.kept for c in group)}/{len(group)}", rotation=0, ha="right",
-                      va="center", fontsize=8)  # fmt: skip
+        ax.set_ylabel(
+            f"{target}\nkept {sum(c.kept for c in group)}/{len(group)}", rotation=0, ha="right", va="center", fontsize=8
+        )
     for ax in axes[:, 0]:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -154,7 +163,15 @@ def _html(summary: dict[str, Any]) -> str:
 
     counts = "".join(row([c, v["before"], v["added"], v["after"]]) for c, v in summary["counts"].items())
     rates = "".join(
-        row([t, r["generated"], r["kept"], f"{r['pass_rate']:.2f}", "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}"])
+        row(
+            [
+                t,
+                r["generated"],
+                r["kept"],
+                f"{r['pass_rate']:.2f}",
+                "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}",
+            ]
+        )
         for t, r in summary["pass_rates"].items()
     )
     grids = "".join(f"<h3>{html.escape(t)}</h3><img src='{html.escape(n)}'>" for t, n in summary["grids"].items())
@@ -166,12 +183,16 @@ def _html(summary: dict[str, Any]) -> str:
         f"<h2>Fidelity</h2><p>real-vs-synthetic discriminator AUC: <b>{'n/a' if math.isnan(auc) else f'{auc:.3f}'}</b> "
         f"({html.escape(summary['discriminator']['method'])}; 0.5 = indistinguishable)</p>"
         "<h2>Filter pass rates</h2><table border=1>"
-        + row(["class", "generated", "kept", "pass rate", "mean score"], "th") + rates + "</table>"
+        + row(["class", "generated", "kept", "pass rate", "mean score"], "th")
+        + rates
+        + "</table>"
         "<h2>Samples per class</h2><img src='samples.png'>"
         "<h2>Train positives</h2><img src='counts.png'><table border=1>"
-        + row(["class", "real", "added", "after"], "th") + counts + "</table>"
+        + row(["class", "real", "added", "after"], "th")
+        + counts
+        + "</table>"
         f"<h2>Candidates (kept first)</h2>{grids}</body></html>"
-    )  # fmt: skip
+    )
 
 
 def _filter_settings(synthetic: Path) -> dict[str, Any]:
@@ -190,20 +211,27 @@ def write_report(cfg: SynthConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     before = real.split_class_counts.get(SPLIT, {})
     extra = added.split_class_counts.get(SPLIT, {})
-    counts = {c: {"before": before.get(c, 0), "added": extra.get(c, 0), "after": before.get(c, 0) + extra.get(c, 0)} for c in real.classes}
+    counts = {
+        c: {"before": before.get(c, 0), "added": extra.get(c, 0), "after": before.get(c, 0) + extra.get(c, 0)}
+        for c in real.classes
+    }
     r = cfg.report
     real_x = pixel_features(shards, r.pixels, r.max_real)
     synthetic_x = pixel_features(synthetic, r.pixels, added.num_samples)
     summary = {
-        "shards": str(shards), "synthetic": str(synthetic),
+        "shards": str(shards),
+        "synthetic": str(synthetic),
         "filter": _filter_settings(synthetic),
-        "counts": counts, "pass_rates": pass_rates(candidates),
+        "counts": counts,
+        "pass_rates": pass_rates(candidates),
         "discriminator": {
-            "auc": discriminator_auc(real_x, synthetic_x, r.folds, r.seed), "real": len(real_x), "synthetic": len(synthetic_x),
+            "auc": discriminator_auc(real_x, synthetic_x, r.folds, r.seed),
+            "real": len(real_x),
+            "synthetic": len(synthetic_x),
             "method": f"logistic regression on {r.pixels}x{r.pixels} pixels, {r.folds}-fold out-of-fold AUC",
         },
         "grids": class_grids(candidates, synthetic, out, r),
-    }  # fmt: skip
+    }
     counts_chart(counts, out / "counts.png")
     samples_figure(candidates, synthetic, out / "samples.png")
     write_text_atomic(out / "report.json", json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")

@@ -9,7 +9,6 @@ run.out_dir/synthetic): candidates/ (every generated PNG, kept or not), candidat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -55,6 +54,12 @@ def sample(cfg: SynthConfig, command: list[str] | None = None) -> SampleResult:
     score_candidates(candidates, out, cfg.filter)
     write_manifest(out, candidates)
     index = write_synthetic_shards(
-        candidates, out, real, cfg.filter, model.diffusion.config.image_size, cfg.sample.samples_per_shard, command or []
+        candidates,
+        out,
+        real,
+        cfg.filter,
+        model.diffusion.config.image_size,
+        cfg.sample.samples_per_shard,
+        command or [],
     )
     return SampleResult(index, candidates, drawn)

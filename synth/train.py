@@ -48,10 +48,30 @@ def reader_transform(size: int, augment: bool) -> TransformConfig:
     """Images in [-1, 1] at `size`; augmentation milder than the classifier's, since what the model
     learns to draw is the augmented distribution."""
     if not augment:
-        return TransformConfig(size=size, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotate_degrees=0.0,
-                               translate=0.0, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0, mean=0.5, std=0.5)  # fmt: skip
-    return TransformConfig(size=size, crop_scale=(0.85, 1.0), crop_ratio=(0.95, 1.05), rotate_degrees=5.0,
-                           translate=0.03, zoom=(0.97, 1.03), brightness=0.1, contrast=0.1, mean=0.5, std=0.5)  # fmt: skip
+        return TransformConfig(
+            size=size,
+            crop_scale=(1.0, 1.0),
+            crop_ratio=(1.0, 1.0),
+            rotate_degrees=0.0,
+            translate=0.0,
+            zoom=(1.0, 1.0),
+            brightness=0.0,
+            contrast=0.0,
+            mean=0.5,
+            std=0.5,
+        )
+    return TransformConfig(
+        size=size,
+        crop_scale=(0.85, 1.0),
+        crop_ratio=(0.95, 1.05),
+        rotate_degrees=5.0,
+        translate=0.03,
+        zoom=(0.97, 1.03),
+        brightness=0.1,
+        contrast=0.1,
+        mean=0.5,
+        std=0.5,
+    )
 
 
 class StopFlag:
@@ -87,8 +107,11 @@ def _check_resumable(saved: dict[str, Any], cfg: SynthConfig, classes: list[str]
         raise InputError(f"{path}: trained on other classes than data.shards; choose another run.out_dir")
     current = _compared(cfg)
     for section in current:
-        changed = sorted(k for k in current[section].keys() | saved["config"][section].keys()
-                         if current[section].get(k) != saved["config"][section].get(k))  # fmt: skip
+        changed = sorted(
+            k
+            for k in current[section].keys() | saved["config"][section].keys()
+            if current[section].get(k) != saved["config"][section].get(k)
+        )
         if changed:
             raise InputError(
                 f"{path}: checkpoint of a different config ({section}.{changed[0]} changed); "
@@ -116,9 +139,14 @@ class Trainer:
         self.run_id: str | None = None
         self.reader = TrainReader(
             shards,
-            ReaderConfig(batch_size=t.batch_size, shuffle_buffer=t.shuffle_buffer, seed=t.seed,
-                         steps_per_epoch=t.checkpoint_every, transform=reader_transform(cfg.model.image_size, t.augment)),
-        )  # fmt: skip
+            ReaderConfig(
+                batch_size=t.batch_size,
+                shuffle_buffer=t.shuffle_buffer,
+                seed=t.seed,
+                steps_per_epoch=t.checkpoint_every,
+                transform=reader_transform(cfg.model.image_size, t.augment),
+            ),
+        )
 
     @property
     def sampling_modules(self) -> nn.ModuleDict:
@@ -129,12 +157,14 @@ class Trainer:
             "trainable": self.diffusion.trainable.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
-            "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
+            "step": self.step,
+            "epoch": self.epoch,
+            "consumed": self.consumed,
             "generator": self.generator.get_state(),
             "classes": list(self.index.classes),
             "config": _compared(self.cfg),
             "mlflow_run_id": self.run_id,
-        }  # fmt: skip
+        }
         path = self.out / CHECKPOINT
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -161,8 +191,9 @@ class Trainer:
         """One image per class (that class positive, the rest negative), fixed seeds across the run."""
         k = len(self.index.classes)
         generators = [torch.Generator().manual_seed(i) for i in range(k)]
-        images = self.diffusion.sample(self.sampling_modules, torch.eye(k), self.cfg.sample.guidance,
-                                       self.cfg.train.grid_steps, generators)  # fmt: skip
+        images = self.diffusion.sample(
+            self.sampling_modules, torch.eye(k), self.cfg.sample.guidance, self.cfg.train.grid_steps, generators
+        )
         path = save_grid(images, self.out / "grids" / f"step-{self.step:07d}.png")
         run.log_artifact(path, "grids")
         return path
@@ -197,7 +228,9 @@ class Trainer:
                     self.epoch, self.consumed = self.epoch + 1, 0
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     seconds = time.perf_counter() - started
-                    run.log_metrics({"loss": sum(losses) / len(losses), "seconds_per_step": seconds / len(losses)}, self.step)
+                    run.log_metrics(
+                        {"loss": sum(losses) / len(losses), "seconds_per_step": seconds / len(losses)}, self.step
+                    )
                     losses, started = [], time.perf_counter()
                 if self.step % t.grid_every == 0 and self.step < t.steps:
                     self.grid(run)
@@ -221,7 +254,11 @@ def train(cfg: SynthConfig, resume: bool = False, device: str | None = None) -> 
     write_config(cfg, out / CONFIG)
     tracker = Tracker(cfg.run.tracking_uri or default_uri(out))
     digest = config_hash(cfg)
-    tags = {"cxrlt.command": "synth train", "cxrlt.config_hash": digest, "cxrlt.resumed_from_step": trainer.step if resumed else ""}
+    tags = {
+        "cxrlt.command": "synth train",
+        "cxrlt.config_hash": digest,
+        "cxrlt.resumed_from_step": trainer.step if resumed else "",
+    }
     # A resumed attempt continues the first attempt's MLflow run: one run, one loss history.
     with (
         tracker.run(cfg.run.experiment, f"synth-train-{digest}", tags=tags, resume_run_id=trainer.run_id) as run,
@@ -229,13 +266,22 @@ def train(cfg: SynthConfig, resume: bool = False, device: str | None = None) -> 
     ):
         trainer.run_id = run.run_id
         if not resumed:  # MLflow params are write-once; a resume may only raise train.steps (a tag below)
-            run.log_params({"shards": cfg.shards, "image_size": cfg.model.image_size, "pretrained": cfg.model.pretrained,
-                            "batch_size": cfg.train.batch_size, "lr": cfg.train.lr})  # fmt: skip
+            run.log_params(
+                {
+                    "shards": cfg.shards,
+                    "image_size": cfg.model.image_size,
+                    "pretrained": cfg.model.pretrained,
+                    "batch_size": cfg.train.batch_size,
+                    "lr": cfg.train.lr,
+                }
+            )
         run.set_tags({"cxrlt.steps": cfg.train.steps})
         run.log_artifact(out / CONFIG)
         if not trainer.fit(run, stop):
             run.set_tags({"cxrlt.stopped_at_step": trainer.step})
             return REQUEUE_EXIT_CODE
         trainer.grid(run)
-        save_synth_model(out / MODEL_FILE, trainer.diffusion, trainer.sampling_modules, trainer.index.schema, trainer.step, digest)
+        save_synth_model(
+            out / MODEL_FILE, trainer.diffusion, trainer.sampling_modules, trainer.index.schema, trainer.step, digest
+        )
     return 0

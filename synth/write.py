@@ -28,23 +28,36 @@ from synth.labelsets import SPLIT
 
 def provenance(candidate: Candidate, filter_cfg: FilterConfig) -> dict[str, Any]:
     return {
-        "model": candidate.model, "model_step": candidate.model_step, "seed": candidate.seed,
-        "target": candidate.target, "label_set": candidate.positives, "source_row": candidate.source_row,
-        "guidance": candidate.guidance, "ddim_steps": candidate.ddim_steps, "eta": candidate.eta,
+        "model": candidate.model,
+        "model_step": candidate.model_step,
+        "seed": candidate.seed,
+        "target": candidate.target,
+        "label_set": candidate.positives,
+        "source_row": candidate.source_row,
+        "guidance": candidate.guidance,
+        "ddim_steps": candidate.ddim_steps,
+        "eta": candidate.eta,
         "filter": {
             "classifier": None if filter_cfg.classifier is None else str(filter_cfg.classifier),
             "threshold": filter_cfg.threshold if filter_cfg.classifier is not None else None,
             "score": candidate.filter_score,
         },
-    }  # fmt: skip
+    }
 
 
 def _sample(candidate: Candidate, out: Path, filter_cfg: FilterConfig) -> PlannedSample:
     meta = {
-        "image_id": candidate.key, "study_id": candidate.key, "patient_id": candidate.key, "view": "UNKNOWN",
-        "age": None, "sex": None, "split": SPLIT, "source": "synthetic", "synthetic": True,
+        "image_id": candidate.key,
+        "study_id": candidate.key,
+        "patient_id": candidate.key,
+        "view": "UNKNOWN",
+        "age": None,
+        "sex": None,
+        "split": SPLIT,
+        "source": "synthetic",
+        "synthetic": True,
         "provenance": provenance(candidate, filter_cfg),
-    }  # fmt: skip
+    }
     return PlannedSample(
         key=candidate.key,
         split=SPLIT,
@@ -54,8 +67,15 @@ def _sample(candidate: Candidate, out: Path, filter_cfg: FilterConfig) -> Planne
     )
 
 
-def write_synthetic_shards(candidates: list[Candidate], out: Path, real: ShardIndex, filter_cfg: FilterConfig,
-                           image_size: int, samples_per_shard: int, command: list[str]) -> ShardIndex:  # fmt: skip
+def write_synthetic_shards(
+    candidates: list[Candidate],
+    out: Path,
+    real: ShardIndex,
+    filter_cfg: FilterConfig,
+    image_size: int,
+    samples_per_shard: int,
+    command: list[str],
+) -> ShardIndex:
     """Write the kept candidates as `train` shards + `_index.json` into `out`."""
     kept = [c for c in candidates if c.kept]
     if not kept:
@@ -64,6 +84,8 @@ def write_synthetic_shards(candidates: list[Candidate], out: Path, real: ShardIn
     digest = hashlib.sha256(json.dumps([s.meta for s in samples], sort_keys=True).encode())
     plan = Plan(level="image", samples={SPLIT: samples}, views_dropped=0, fingerprint=digest.hexdigest()[:16])
     schema = Schema(name=real.schema, classes=tuple(real.classes), description="synthetic set of the real set's schema")
-    writer = ShardWriter(out, schema, WriterOptions(max_size=image_size, image_format="png", samples_per_shard=samples_per_shard))
+    writer = ShardWriter(
+        out, schema, WriterOptions(max_size=image_size, image_format="png", samples_per_shard=samples_per_shard)
+    )
     models = sorted({c.model for c in kept})
     return writer.write(plan, sources=[{"name": "synthetic", "models": models, "records": len(kept)}], command=command)

@@ -32,8 +32,17 @@ def multiview_table() -> SourceTable:
             labels = (rng.random(len(NIH_14.classes)) < 0.3).astype(np.float32)
             for v in range(count):
                 records.append(
-                    Record(f"{split}{s}-img{v}", study_id(split, s), f"p{split}{s}", "multiview", labels,
-                           view=_VIEWS[v], split=split, sex="F", age=60.0)  # fmt: skip
+                    Record(
+                        f"{split}{s}-img{v}",
+                        study_id(split, s),
+                        f"p{split}{s}",
+                        "multiview",
+                        labels,
+                        view=_VIEWS[v],
+                        split=split,
+                        sex="F",
+                        age=60.0,
+                    )
                 )
     return SourceTable("multiview", records, [])
 
@@ -50,6 +59,10 @@ def build_multiview_shards(out: Path, max_views: int = 0, samples_per_shard: int
     """The studies above at study level, every view kept unless `max_views` caps them."""
     options = BuildOptions(level="study", max_views=max_views, split_by="none")
     return build_shards(
-        multiview_table(), NIH_14, out, options, WriterOptions(max_size=32, samples_per_shard=samples_per_shard),
+        multiview_table(),
+        NIH_14,
+        out,
+        options,
+        WriterOptions(max_size=32, samples_per_shard=samples_per_shard),
         loader=_png,
-    )  # fmt: skip
+    )

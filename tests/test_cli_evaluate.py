@@ -37,9 +37,16 @@ def test_evaluate_matches_sklearn_and_writes_json(csv_pair):
     folder, labels, scores = csv_pair
     out = folder / "result.json"
     run = cxrlt(
-        "evaluate", "--predictions", folder / "pred.csv", "--labels", folder / "labels.csv",
-        "--schema", "cxr-lt-2024-task2", "--json", out,
-    )  # fmt: skip
+        "evaluate",
+        "--predictions",
+        folder / "pred.csv",
+        "--labels",
+        folder / "labels.csv",
+        "--schema",
+        "cxr-lt-2024-task2",
+        "--json",
+        out,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     classes = CXR_LT_2024_TASK2.classes
@@ -74,9 +81,18 @@ def test_groups_from_a_training_label_csv(tmp_path):
     labels.to_csv(tmp_path / "labels.csv", index=False)
     labels.assign(**{c: rng.random(40) for c in classes}).to_csv(tmp_path / "pred.csv", index=False)
     run = cxrlt(
-        "evaluate", "--predictions", tmp_path / "pred.csv", "--labels", tmp_path / "labels.csv",
-        "--schema", "nih-14", "--groups-from", tmp_path / "train.csv", "--json", tmp_path / "r.json",
-    )  # fmt: skip
+        "evaluate",
+        "--predictions",
+        tmp_path / "pred.csv",
+        "--labels",
+        tmp_path / "labels.csv",
+        "--schema",
+        "nih-14",
+        "--groups-from",
+        tmp_path / "train.csv",
+        "--json",
+        tmp_path / "r.json",
+    )
     assert run.returncode == 0, run.stderr
     groups = {row["name"]: row["group"] for row in json.loads((tmp_path / "r.json").read_text())["per_class"]}
     assert groups["Atelectasis"] == "head" and groups["Cardiomegaly"] == "medium" and groups["Hernia"] == "tail"
@@ -85,24 +101,46 @@ def test_groups_from_a_training_label_csv(tmp_path):
 @pytest.mark.parametrize(
     "target, edit, message",
     [
-        ("labels", lambda t: t.assign(Edema=t["Edema"].astype(object).where(t.index != 3, "maybe")),
-         "labels.csv: column 'Edema': label values must be 1, 0, -1 or blank; got line 5 = 'maybe'"),
-        ("pred", lambda t: t.drop(columns=["Pleural Effusion"]).rename(columns={"Edema": "edema"}),
-         "pred.csv: missing column(s) 'Edema' (found 'edema'), 'Pleural Effusion'"),
-        ("pred", lambda t: t[~t["dicom_id"].isin(["00000001-dicom", "00000002-dicom"])],
-         "pred.csv: no prediction for 2 of 120 labelled ids in"),
-        ("pred", lambda t: t.assign(Mass=t["Mass"].astype(object).where(t["dicom_id"] != "00000003-dicom", "")),
-         "pred.csv: column 'Mass': not a finite number: line"),
-        ("labels", lambda t: pd.concat([t, t.iloc[[4]]]),
-         "labels.csv: duplicate dicom_id: 00000004-dicom (line 6), 00000004-dicom (line 122)"),
+        (
+            "labels",
+            lambda t: t.assign(Edema=t["Edema"].astype(object).where(t.index != 3, "maybe")),
+            "labels.csv: column 'Edema': label values must be 1, 0, -1 or blank; got line 5 = 'maybe'",
+        ),
+        (
+            "pred",
+            lambda t: t.drop(columns=["Pleural Effusion"]).rename(columns={"Edema": "edema"}),
+            "pred.csv: missing column(s) 'Edema' (found 'edema'), 'Pleural Effusion'",
+        ),
+        (
+            "pred",
+            lambda t: t[~t["dicom_id"].isin(["00000001-dicom", "00000002-dicom"])],
+            "pred.csv: no prediction for 2 of 120 labelled ids in",
+        ),
+        (
+            "pred",
+            lambda t: t.assign(Mass=t["Mass"].astype(object).where(t["dicom_id"] != "00000003-dicom", "")),
+            "pred.csv: column 'Mass': not a finite number: line",
+        ),
+        (
+            "labels",
+            lambda t: pd.concat([t, t.iloc[[4]]]),
+            "labels.csv: duplicate dicom_id: 00000004-dicom (line 6), 00000004-dicom (line 122)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_refused_with_file_line_and_column(csv_pair, target, edit, message):
     folder, _, _ = csv_pair
     path = folder / ("labels.csv" if target == "labels" else "pred.csv")
     edit(pd.read_csv(path)).to_csv(path, index=False)
-    run = cxrlt("evaluate", "--predictions", folder / "pred.csv", "--labels", folder / "labels.csv",
-                "--schema", "cxr-lt-2024-task2")  # fmt: skip
+    run = cxrlt(
+        "evaluate",
+        "--predictions",
+        folder / "pred.csv",
+        "--labels",
+        folder / "labels.csv",
+        "--schema",
+        "cxr-lt-2024-task2",
+    )
     assert run.returncode == 2
     assert message in run.stderr
     assert "Traceback" not in run.stderr
@@ -123,8 +161,15 @@ def test_a_score_outside_zero_one_names_file_line_and_class(csv_pair, score):
     row = int(np.flatnonzero(pred["dicom_id"] == "00000003-dicom")[0])
     pred.loc[row, "Mass"] = score
     pred.to_csv(folder / "pred.csv", index=False)
-    run = cxrlt("evaluate", "--predictions", folder / "pred.csv", "--labels", folder / "labels.csv",
-                "--schema", "cxr-lt-2024-task2")  # fmt: skip
+    run = cxrlt(
+        "evaluate",
+        "--predictions",
+        folder / "pred.csv",
+        "--labels",
+        folder / "labels.csv",
+        "--schema",
+        "cxr-lt-2024-task2",
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     expected = f"pred.csv: scores must be probabilities in [0, 1]; got line {row + 2}, class 'Mass' = {score:g}"
     assert expected in run.stderr
@@ -136,8 +181,17 @@ def test_a_prediction_file_with_image_id_pairs_with_dicom_id_labels(csv_pair):
     pred.insert(1, "study_id", "s1")  # the project's prediction-file layout
     pred.to_csv(folder / "pred.csv", index=False)
     out = folder / "result.json"
-    run = cxrlt("evaluate", "--predictions", folder / "pred.csv", "--labels", folder / "labels.csv",
-                "--schema", "cxr-lt-2024-task2", "--json", out)  # fmt: skip
+    run = cxrlt(
+        "evaluate",
+        "--predictions",
+        folder / "pred.csv",
+        "--labels",
+        folder / "labels.csv",
+        "--schema",
+        "cxr-lt-2024-task2",
+        "--json",
+        out,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert (result["id_column"], result["prediction_id_column"]) == ("dicom_id", "image_id")

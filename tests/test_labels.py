@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 
 from cxrlt.labels import (
-    CHEXPERT_14, CXR_LT_2023, CXR_LT_2024_ALL, CXR_LT_2024_TASK1, CXR_LT_2024_TASK2, CXR_LT_2024_TASK3,
-    NIH_14, UNKNOWN, frequency_groups, get_schema, harmonise_labels, harmonisation_index,
-)  # fmt: skip
+    CHEXPERT_14,
+    CXR_LT_2023,
+    CXR_LT_2024_ALL,
+    CXR_LT_2024_TASK1,
+    CXR_LT_2024_TASK2,
+    CXR_LT_2024_TASK3,
+    NIH_14,
+    UNKNOWN,
+    frequency_groups,
+    get_schema,
+    harmonisation_index,
+    harmonise_labels,
+)
 
 
 def test_task1_has_the_40_classes_in_training_csv_order_with_9_15_16_groups():
@@ -47,7 +57,10 @@ def test_2023_uses_no_finding_and_the_winners_hand_split():
 
 def test_frequency_group_thresholds():
     assert frequency_groups({"a": 10, "b": 9, "c": 1, "d": 0}, 100) == {
-        "a": "head", "b": "medium", "c": "medium", "d": "tail"
+        "a": "head",
+        "b": "medium",
+        "c": "medium",
+        "d": "tail",
     }
 
 

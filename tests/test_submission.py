@@ -83,7 +83,9 @@ def test_header_faults(tmp_path):
     frame = submission("t3")
     path = tmp_path / "s.csv"
     frame.rename(columns={"dicom_id": "image_id"}).to_csv(path, index=False)
-    assert "the first column must be 'dicom_id', found 'image_id'" in str(validate_submission(path, "t3", IDS).faults[0])
+    assert "the first column must be 'dicom_id', found 'image_id'" in str(
+        validate_submission(path, "t3", IDS).faults[0]
+    )
     frame.rename(columns={"Hilum": "Bulla"}).to_csv(path, index=False)
     faults = [str(f) for f in validate_submission(path, "t3", IDS).faults]
     assert "[header] line 1, column 'Bulla': duplicate column" in faults

@@ -147,7 +147,10 @@ class Checkpointer:
             except DamagedCheckpoint as e:
                 problems.append(str(e))
                 if self.rank == 0:
-                    print(f"warning: cannot resume from {folder.name}: {e}; trying the previous checkpoint", file=sys.stderr)
+                    print(
+                        f"warning: cannot resume from {folder.name}: {e}; trying the previous checkpoint",
+                        file=sys.stderr,
+                    )
                 continue
             if problems and self.rank == 0:
                 print(f"warning: resuming from the older checkpoint {folder.name}: {problems[0]}", file=sys.stderr)

@@ -109,7 +109,6 @@ def _control_group() -> Any:
     return dist.new_group(backend="gloo")
 
 
-
 def any_rank(flag: bool, ctx: Context) -> bool:
     """True on every rank when `flag` is True on at least one (one CPU all-reduce, no GPU sync)."""
     value = torch.tensor([1 if flag else 0], dtype=torch.int32)

@@ -91,9 +91,14 @@ def deepspeed_config(
 
 
 def build_engine(
-    model: nn.Module, optim: OptimConfig, ds: DeepSpeedConfig, micro_batch: int, world_size: int,
-    total_steps: int, device: torch.device,
-) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR]:  # fmt: skip
+    model: nn.Module,
+    optim: OptimConfig,
+    ds: DeepSpeedConfig,
+    micro_batch: int,
+    world_size: int,
+    total_steps: int,
+    device: torch.device,
+) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR]:
     """(engine, scheduler): the DeepSpeed engine owning `model`, its optimizer and the schedule."""
     groups = parameter_groups(model, optim.weight_decay)
     if not groups:
@@ -103,7 +108,9 @@ def build_engine(
         optimizer, warmup_cosine(optim.warmup_steps, total_steps, optim.min_lr_ratio)
     )
     config = deepspeed_config(optim, ds, micro_batch, world_size, use_bf16(ds, device))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=config
+    )
     if world_size == 1 and ds.zero_stage == 0:
         # One rank has nothing to average, yet DeepSpeed would still flatten, all-reduce and copy back
         # every gradient each step (one copy kernel per parameter tensor).

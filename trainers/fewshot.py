@@ -41,9 +41,15 @@ def example_features(
 
 
 def adapt(
-    model_path: Path, shards: Path, split: str, examples: Sequence[Example], out: Path,
-    classes: Sequence[str] = (), descriptions: Path | None = None, cfg: FewShotConfig | None = None,
-) -> Path:  # fmt: skip
+    model_path: Path,
+    shards: Path,
+    split: str,
+    examples: Sequence[Example],
+    out: Path,
+    classes: Sequence[str] = (),
+    descriptions: Path | None = None,
+    cfg: FewShotConfig | None = None,
+) -> Path:
     """Write `out`: the model with the examples' classes' queries adapted; the rest bitwise as saved."""
     saved = load_model(model_path)
     if saved.kind != "image":
@@ -59,7 +65,9 @@ def adapt(
     features = example_features(model, shards, split, transform, {e.image_id for e in examples})
     missing = sorted({e.image_id for e in examples} - features.keys())
     if missing:
-        shown = ", ".join(missing[:_SHOWN]) + (f" ... and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else "")
+        shown = ", ".join(missing[:_SHOWN]) + (
+            f" ... and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        )
         raise InputError(f"examples: {len(missing)} image id(s) are not in split {split!r} of {shards}: {shown}")
     ids = sorted(features)
     targets = torch.full((len(ids), len(adapted)), -1.0)
@@ -68,6 +76,15 @@ def adapt(
     rows = [scored.names.index(c) for c in adapted]
     adapt_class_queries(model.head, torch.stack([features[i] for i in ids]), targets, rows, cfg or FewShotConfig())
     return save_model(
-        out, model, saved.model_config, scored.names, scored.schema, saved.transform,
-        metrics={}, step=saved.step, epoch=saved.epoch, config_hash=saved.config_hash, mlflow_run_id=saved.mlflow_run_id,
-    )  # fmt: skip
+        out,
+        model,
+        saved.model_config,
+        scored.names,
+        scored.schema,
+        saved.transform,
+        metrics={},
+        step=saved.step,
+        epoch=saved.epoch,
+        config_hash=saved.config_hash,
+        mlflow_run_id=saved.mlflow_run_id,
+    )

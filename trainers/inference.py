@@ -57,7 +57,9 @@ class TTA:
         return cls(hflip, tuple(scales))
 
     def describe(self) -> str:
-        parts = (["hflip"] if self.hflip else []) + ([f"scales={','.join(map(str, self.scales))}"] if self.scales else [])
+        parts = (["hflip"] if self.hflip else []) + (
+            [f"scales={','.join(map(str, self.scales))}"] if self.scales else []
+        )
         return ",".join(parts) or "none"
 
     def views(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -67,7 +69,9 @@ class TTA:
         for scale in self.scales:
             new = max(32, round(size * scale / 32) * 32)
             flat = images.flatten(0, -4)
-            out.append(F.interpolate(flat, size=(new, new), mode="bilinear", antialias=True).view(*images.shape[:-2], new, new))
+            out.append(
+                F.interpolate(flat, size=(new, new), mode="bilinear", antialias=True).view(*images.shape[:-2], new, new)
+            )
         if self.hflip:
             out += [view.flip(-1) for view in out]
         return out
@@ -86,7 +90,9 @@ class SplitOutputs:
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, batch: dict, level: str, device: torch.device, tta: TTA, autocast: bool) -> torch.Tensor:
+def _probabilities(
+    model: nn.Module, batch: dict, level: str, device: torch.device, tta: TTA, autocast: bool
+) -> torch.Tensor:
     inputs = model_inputs(batch, level, device)
     context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     total = None
@@ -99,9 +105,14 @@ def _probabilities(model: nn.Module, batch: dict, level: str, device: torch.devi
 
 
 def predict_split(
-    model: nn.Module, batches: Iterable[dict], level: str, device: torch.device, tta: TTA = TTA(),
-    autocast: bool = False, progress: Sequence | None = None,
-) -> SplitOutputs | None:  # fmt: skip
+    model: nn.Module,
+    batches: Iterable[dict],
+    level: str,
+    device: torch.device,
+    tta: TTA = TTA(),
+    autocast: bool = False,
+    progress: Sequence | None = None,
+) -> SplitOutputs | None:
     """Run `model` (eval mode) over this rank's `batches`; rank 0 gets the whole split, others None."""
     was_training = model.training
     model.eval()
@@ -116,7 +127,10 @@ def predict_split(
         if level == "image":
             image_ids += [[i] for i in batch["id"]]
         else:
-            image_ids += [[i for i, on in zip(views, mask) if on] for views, mask in zip(batch["image_ids"], batch["view_mask"].tolist())]
+            image_ids += [
+                [i for i, on in zip(views, mask) if on]
+                for views, mask in zip(batch["image_ids"], batch["view_mask"].tolist())
+            ]
         if progress is not None:
             progress.update(int((chunks[-1] == 0).sum()) if level == "study" else batch_size(batch))
     model.train(was_training)
@@ -126,6 +140,7 @@ def predict_split(
     gathered = distributed.gather_to_main(shard)
     if gathered is None:
         return None
+
     def listed(field: int) -> list:
         every = [x for g in gathered for x in g[field]]
         return [every[i] for i in order]
@@ -158,12 +173,17 @@ def _merge_chunks(shard: tuple, chunks: np.ndarray) -> tuple:
     merged_probs = np.add.reduceat(np.concatenate(probs)[order], starts, axis=0) / counts[:, None].astype(np.float32)
     first = order[starts]
     merged_images = [
-        [image for row in order[start : start + count] for image in image_ids[row]] for start, count in zip(starts, counts)
+        [image for row in order[start : start + count] for image in image_ids[row]]
+        for start, count in zip(starts, counts)
     ]
     return (
-        [sorted_index[starts]], [ids[i] for i in first], [study_ids[i] for i in first], merged_images,
-        [np.concatenate(labels)[first]], [merged_probs.astype(np.float32)],
-    )  # fmt: skip
+        [sorted_index[starts]],
+        [ids[i] for i in first],
+        [study_ids[i] for i in first],
+        merged_images,
+        [np.concatenate(labels)[first]],
+        [merged_probs.astype(np.float32)],
+    )
 
 
 def image_rows(outputs: SplitOutputs) -> tuple[list[str], list[str], np.ndarray]:

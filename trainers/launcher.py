@@ -46,9 +46,11 @@ def torchrun_command(layout: Layout, module: str, worker_args: Sequence[str]) ->
         command.append("--standalone")
     else:
         command += [
-            f"--nnodes={layout.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={layout.rdzv_endpoint}",
+            f"--nnodes={layout.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={layout.rdzv_endpoint}",
             f"--rdzv-id={layout.rdzv_id}",
-        ]  # fmt: skip
+        ]
     return command + ["-m", module, *worker_args]
 
 

@@ -92,9 +92,13 @@ class StopWatch:
 
 def dev_metrics(evaluation: Evaluation, dev_loss: float) -> dict[str, float]:
     metrics = {
-        "mAP": evaluation.mAP, "mAUROC": evaluation.mAUROC, "mF1": evaluation.mF1, "mECE": evaluation.mECE,
-        "group_average_mAP": evaluation.group_average_mAP, "loss": dev_loss,
-    }  # fmt: skip
+        "mAP": evaluation.mAP,
+        "mAUROC": evaluation.mAUROC,
+        "mF1": evaluation.mF1,
+        "mECE": evaluation.mECE,
+        "group_average_mAP": evaluation.group_average_mAP,
+        "loss": dev_loss,
+    }
     metrics.update({f"mAP_{group}": value for group, value in evaluation.group_mAP.items()})
     return metrics
 
@@ -122,9 +126,15 @@ def build_criterion(loss: LossConfig, index: ShardIndex, split: str) -> torch.nn
 
 
 def train_step(
-    engine: Any, criterion: torch.nn.Module, batch: dict[str, Any], level: str, device: torch.device,
-    pseudo: PseudoLabels | None = None, held_out: Sequence[int] = (), clip: float = 0.0,
-) -> tuple[torch.Tensor, bool]:  # fmt: skip
+    engine: Any,
+    criterion: torch.nn.Module,
+    batch: dict[str, Any],
+    level: str,
+    device: torch.device,
+    pseudo: PseudoLabels | None = None,
+    held_out: Sequence[int] = (),
+    clip: float = 0.0,
+) -> tuple[torch.Tensor, bool]:
     """One micro-step: forward, masked loss, backward, and the optimizer step when this micro-step ends
     a gradient-accumulation window. `clip` > 0 clips the gradient norm here (see
     trainers.engine.trainer_clips). Returns (the detached loss, whether it was an optimizer step)."""
@@ -137,7 +147,9 @@ def train_step(
     loss = criterion(engine(*inputs.args, **inputs.kwargs), targets)
     engine.backward(loss)
     if boundary and clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in engine.module.parameters() if p.grad is not None], clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in engine.module.parameters() if p.grad is not None], clip, foreach=True
+        )
     engine.step()
     return loss.detach(), boundary
 
@@ -167,16 +179,25 @@ def train_member(
     criterion = build_criterion(cfg.loss, index, cfg.data.train_split).to(ctx.device)
 
     reader_cfg = ReaderConfig(
-        level=level, split=cfg.data.train_split, batch_size=cfg.data.batch_size, max_views=cfg.data.max_views,
-        shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.run.seed, steps_per_epoch=cfg.data.steps_per_epoch,
-        repeat_threshold=cfg.data.repeat_threshold, synthetic_ratio=cfg.data.synthetic_ratio,
-        unlabelled_ratio=cfg.student.unlabelled_ratio if pseudo is not None else 0.0, transform=cfg.data.transform,
+        level=level,
+        split=cfg.data.train_split,
+        batch_size=cfg.data.batch_size,
+        max_views=cfg.data.max_views,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        seed=cfg.run.seed,
+        steps_per_epoch=cfg.data.steps_per_epoch,
+        repeat_threshold=cfg.data.repeat_threshold,
+        synthetic_ratio=cfg.data.synthetic_ratio,
+        unlabelled_ratio=cfg.student.unlabelled_ratio if pseudo is not None else 0.0,
+        transform=cfg.data.transform,
         max_bad_fraction=cfg.data.max_bad_fraction,
-    )  # fmt: skip
+    )
     reader = TrainReader(
-        cfg.data.shards, reader_cfg, synthetic=cfg.data.synthetic,
+        cfg.data.shards,
+        reader_cfg,
+        synthetic=cfg.data.synthetic,
         unlabelled=cfg.student.unlabelled if pseudo is not None else None,
-    )  # fmt: skip
+    )
     accum = cfg.optim.grad_accum
     # An epoch ends on an optimizer step: round the micro-steps up to a multiple of grad_accum.
     reader.steps_per_epoch = math.ceil(reader.steps_per_epoch / accum) * accum
@@ -188,9 +209,15 @@ def train_member(
     clip = cfg.optim.grad_clip if trainer_clips(cfg.deepspeed) else 0.0
     eval_reader = EvalReader(
         cfg.data.shards,
-        ReaderConfig(level=level, split=cfg.data.dev_split, batch_size=cfg.data.eval_batch_size,
-                     max_views=cfg.data.max_views, seed=cfg.run.seed, transform=cfg.data.transform),
-    )  # fmt: skip
+        ReaderConfig(
+            level=level,
+            split=cfg.data.dev_split,
+            batch_size=cfg.data.eval_batch_size,
+            max_views=cfg.data.max_views,
+            seed=cfg.run.seed,
+            transform=cfg.data.transform,
+        ),
+    )
     groups = frequency_groups(train_counts, train_total)
     held_out = [classes.index(c) for c in cfg.data.unknown_classes]
     transform_meta = {k: getattr(cfg.data.transform, k) for k in ("size", "channels", "mean", "std")}
@@ -204,7 +231,10 @@ def train_member(
         state, latest = checkpointer.restore(engine, ema.module if ema is not None else None, config_hash)
         restored_from = latest
         if ctx.is_main:
-            print(f"resuming {run_dir} from {latest.name} (epoch {state.epoch + 1}, micro-step {state.step_in_epoch})", file=sys.stderr)
+            print(
+                f"resuming {run_dir} from {latest.name} (epoch {state.epoch + 1}, micro-step {state.step_in_epoch})",
+                file=sys.stderr,
+            )
 
     def save_checkpoint() -> None:
         checkpointer.save(engine, state, ema.module if ema is not None else None, config_hash)
@@ -213,10 +243,19 @@ def train_member(
         path = run_dir / path_name
         if ctx.is_main:
             save_model(
-                path, engine.module, cfg.model, classes, index.schema, transform_meta,
-                ema_model=ema.module if ema is not None else None, metrics=metrics, step=state.global_step,
-                epoch=state.epoch, config_hash=config_hash, mlflow_run_id=tracker_run.run_id,
-            )  # fmt: skip
+                path,
+                engine.module,
+                cfg.model,
+                classes,
+                index.schema,
+                transform_meta,
+                ema_model=ema.module if ema is not None else None,
+                metrics=metrics,
+                step=state.global_step,
+                epoch=state.epoch,
+                config_hash=config_hash,
+                mlflow_run_id=tracker_run.run_id,
+            )
         return path
 
     running_loss = torch.zeros((), device=ctx.device)
@@ -232,9 +271,13 @@ def train_member(
             restored_from = None
         engine.train()
         progress = tqdm(
-            total=reader.steps_per_epoch, initial=state.step_in_epoch, desc=f"{run_dir.name} epoch {state.epoch + 1}",
-            disable=not ctx.is_main, leave=False, dynamic_ncols=True,
-        )  # fmt: skip
+            total=reader.steps_per_epoch,
+            initial=state.step_in_epoch,
+            desc=f"{run_dir.name} epoch {state.epoch + 1}",
+            disable=not ctx.is_main,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for batch in batches:
             loss, boundary = train_step(engine, criterion, batch, level, ctx.device, pseudo, held_out, clip)
             running_loss += loss
@@ -250,7 +293,9 @@ def train_member(
                 mean_loss = float(distributed.mean_over_ranks(running_loss / running_count))
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(f"{run_dir}: training loss is {mean_loss} at step {state.global_step}")
-                tracker_run.log_metrics({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, state.global_step)
+                tracker_run.log_metrics(
+                    {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, state.global_step
+                )
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 running_loss.zero_()
                 running_count = 0
@@ -264,10 +309,18 @@ def train_member(
         progress.close()
         filled = {}
         if pseudo is not None:
-            rate = distributed.mean_over_ranks(torch.tensor(pseudo.take_fill_rate(), dtype=torch.float64, device=ctx.device))
+            rate = distributed.mean_over_ranks(
+                torch.tensor(pseudo.take_fill_rate(), dtype=torch.float64, device=ctx.device)
+            )
             filled = {"train_pseudo_filled": float(rate)}
 
-        outputs = predict_split(engine.module if ema is None else ema.module, make_loader(eval_reader, cfg.data.num_workers), level, ctx.device, autocast=bf16)
+        outputs = predict_split(
+            engine.module if ema is None else ema.module,
+            make_loader(eval_reader, cfg.data.num_workers),
+            level,
+            ctx.device,
+            autocast=bf16,
+        )
         decision = None
         if ctx.is_main:
             outputs.labels[:, held_out] = -1.0
@@ -283,7 +336,9 @@ def train_member(
             state.best_score, state.best_epoch, state.bad_epochs = metrics[cfg.schedule.monitor], state.epoch, 0
             save_models("best.pt", metrics)
             if ctx.is_main:
-                _write_dev_outputs(run_dir, outputs, classes, index.schema, cfg, config_hash, tracker_run.run_id, groups)
+                _write_dev_outputs(
+                    run_dir, outputs, classes, index.schema, cfg, config_hash, tracker_run.run_id, groups
+                )
         else:
             state.bad_epochs += 1
         state.finished = stop_early or state.epoch >= cfg.schedule.epochs
@@ -294,13 +349,22 @@ def train_member(
 
     best = next(h for h in state.history if h["epoch"] == state.best_epoch) if state.best_epoch > 0 else {}
     result = MemberResult(
-        run_dir=run_dir, best_model=run_dir / "best.pt", best_epoch=state.best_epoch,
+        run_dir=run_dir,
+        best_model=run_dir / "best.pt",
+        best_epoch=state.best_epoch,
         best_score=math.nan if state.best_score is None else state.best_score,
-        dev_metrics={k: v for k, v in best.items() if k not in ("epoch", "step")}, mlflow_run_id=tracker_run.run_id,
-    )  # fmt: skip
+        dev_metrics={k: v for k, v in best.items() if k not in ("epoch", "step")},
+        mlflow_run_id=tracker_run.run_id,
+    )
     if ctx.is_main:
         plot_history(state.history, run_dir / "history.png")
-        for artifact in ("history.png", "per_class.csv", "dev_predictions.csv", "dev_predictions.csv.json", "config.toml"):
+        for artifact in (
+            "history.png",
+            "per_class.csv",
+            "dev_predictions.csv",
+            "dev_predictions.csv.json",
+            "config.toml",
+        ):
             if (run_dir / artifact).is_file():
                 tracker_run.log_artifact(run_dir / artifact)
         write_text_atomic(run_dir / RESULT, result.to_json())
@@ -321,14 +385,26 @@ def _validate(
 
 
 def _write_dev_outputs(
-    run_dir: Path, outputs: SplitOutputs, classes: list[str], schema: str, cfg: TrainConfig,
-    config_hash: str, run_id: str | None, groups: dict[str, str],
-) -> None:  # fmt: skip
+    run_dir: Path,
+    outputs: SplitOutputs,
+    classes: list[str],
+    schema: str,
+    cfg: TrainConfig,
+    config_hash: str,
+    run_id: str | None,
+    groups: dict[str, str],
+) -> None:
     """The best epoch's dev predictions (prediction-file contract) and per-class table."""
     image_ids, study_ids, rows = image_rows(outputs)
     meta = PredictionMeta(
-        classes=tuple(classes), schema=schema, split=cfg.data.dev_split, model=cfg.run.name or run_dir.name,
-        config_hash=config_hash, checkpoint=str(run_dir / "best.pt"), mlflow_run_id=run_id, tta="none",
-    )  # fmt: skip
+        classes=tuple(classes),
+        schema=schema,
+        split=cfg.data.dev_split,
+        model=cfg.run.name or run_dir.name,
+        config_hash=config_hash,
+        checkpoint=str(run_dir / "best.pt"),
+        mlflow_run_id=run_id,
+        tta="none",
+    )
     write_predictions(run_dir / "dev_predictions.csv", image_ids, study_ids, outputs.probs[rows], meta)
     write_per_class(evaluate(outputs.labels, outputs.probs, classes, groups=groups), run_dir / "per_class.csv")

@@ -64,23 +64,43 @@ def predict(request: PredictRequest) -> Path | None:
     transform = TransformConfig(**{k: saved.transform[k] for k in ("size", "channels", "mean", "std")})
     reader = EvalReader(
         request.shards,
-        ReaderConfig(level=level, split=request.split, batch_size=request.batch_size,
-                     max_views=request.max_views, transform=transform),
-    )  # fmt: skip
-    progress = tqdm(total=reader.num_samples(request.num_workers), desc=f"predict {request.split} (rank 0 share)", disable=not ctx.is_main)
+        ReaderConfig(
+            level=level,
+            split=request.split,
+            batch_size=request.batch_size,
+            max_views=request.max_views,
+            transform=transform,
+        ),
+    )
+    progress = tqdm(
+        total=reader.num_samples(request.num_workers),
+        desc=f"predict {request.split} (rank 0 share)",
+        disable=not ctx.is_main,
+    )
     outputs = predict_split(
-        model, make_loader(reader, request.num_workers), level, ctx.device, tta,
-        autocast=ctx.device.type == "cuda", progress=progress,
-    )  # fmt: skip
+        model,
+        make_loader(reader, request.num_workers),
+        level,
+        ctx.device,
+        tta,
+        autocast=ctx.device.type == "cuda",
+        progress=progress,
+    )
     progress.close()
     if outputs is None:
         return None
     image_ids, study_ids, rows = image_rows(outputs)
     meta = PredictionMeta(
-        classes=scored.names, schema=scored.schema, split=request.split, model=request.model_name,
-        config_hash=saved.config_hash, checkpoint=str(request.model.resolve()), mlflow_run_id=saved.mlflow_run_id,
-        tta=tta.describe(), extra={"level": level, "size": transform.size, "use_ema": request.use_ema and saved.ema_state_dict is not None},
-    )  # fmt: skip
+        classes=scored.names,
+        schema=scored.schema,
+        split=request.split,
+        model=request.model_name,
+        config_hash=saved.config_hash,
+        checkpoint=str(request.model.resolve()),
+        mlflow_run_id=saved.mlflow_run_id,
+        tta=tta.describe(),
+        extra={"level": level, "size": transform.size, "use_ema": request.use_ema and saved.ema_state_dict is not None},
+    )
     return write_predictions(request.out, image_ids, study_ids, outputs.probs[rows], meta)
 
 

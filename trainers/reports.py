@@ -9,11 +9,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot loads
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from cxrlt.atomic import atomic_path  # noqa: E402
-from cxrlt.metrics import Evaluation  # noqa: E402
+from cxrlt.atomic import atomic_path
+from cxrlt.metrics import Evaluation
 
 
 def write_per_class(evaluation: Evaluation, path: Path) -> Path:

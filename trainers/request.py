@@ -51,32 +51,46 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument(
-        "--max-views", type=int, default=4,
+        "--max-views",
+        type=int,
+        default=4,
         help="view slots per study item for study models (at most the model's); a study with more views is "
         "scored in chunks whose probabilities are averaged, so every image gets a row",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     parser.add_argument(
-        "--classes", default="",
+        "--classes",
+        default="",
         help="comma-separated class names to score instead of the model's (text-query models: unseen names "
         "are scored from their text, zero-shot)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--descriptions", type=Path,
+        "--descriptions",
+        type=Path,
         help="class descriptions (.toml [descriptions] or .csv class,description, or a packaged name such "
         "as cxr-lt-2024-task3) added to the query texts",
-    )  # fmt: skip
+    )
     parser.add_argument("--name", default="", help="model name in the prediction sidecar (default: the run folder's)")
     return parser
 
 
 def request_from(args: argparse.Namespace) -> PredictRequest:
     return PredictRequest(
-        args.model, args.shards, args.split, args.out, args.tta, args.batch_size, args.num_workers,
-        args.max_views, not args.no_ema, parse_class_list(args.classes), args.descriptions, args.name,
-    )  # fmt: skip
+        args.model,
+        args.shards,
+        args.split,
+        args.out,
+        args.tta,
+        args.batch_size,
+        args.num_workers,
+        args.max_views,
+        not args.no_ema,
+        parse_class_list(args.classes),
+        args.descriptions,
+        args.name,
+    )
 
 
 def parse_class_list(text: str) -> tuple[str, ...]:
-    """"Bulla,Cardiomyopathy, Hilum" -> names (stripped, empty items dropped)."""
+    """ "Bulla,Cardiomyopathy, Hilum" -> names (stripped, empty items dropped)."""
     return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -128,9 +128,14 @@ def _run_id_file(folder: Path) -> Path:
 
 
 def _open_run(
-    tracker: Tracker, cfg: TrainConfig, folder: Path, name: str, parent: str | None, tags: dict,
+    tracker: Tracker,
+    cfg: TrainConfig,
+    folder: Path,
+    name: str,
+    parent: str | None,
+    tags: dict,
     params: dict | None = None,
-):  # fmt: skip
+):
     """An MLflow run for `folder`, reopening the one a previous attempt started there, unless that run
     logged other `params` (a rerun after fixing the config): then a new run, tagged with the old one's id."""
     saved = _run_id_file(folder)
@@ -146,21 +151,26 @@ def _remember_run(folder: Path, run: Run) -> None:
         _run_id_file(folder).write_text(run.run_id + "\n", encoding="utf-8")
 
 
-def _teacher_labels(
-    teacher_path: Path, cfg: TrainConfig, ctx: distributed.Context, out: Path
-) -> PseudoLabels:
+def _teacher_labels(teacher_path: Path, cfg: TrainConfig, ctx: distributed.Context, out: Path) -> PseudoLabels:
     """Score the training split (and the unlabelled set) with the teacher; write, then load on every rank."""
     if not out.is_file():
         teacher = load_model(teacher_path)
         model = teacher.build(use_ema=True).to(ctx.device)
-        transform = replace(cfg.data.transform, **{k: teacher.transform[k] for k in ("size", "channels", "mean", "std")})
+        transform = replace(
+            cfg.data.transform, **{k: teacher.transform[k] for k in ("size", "channels", "mean", "std")}
+        )
         ids, probs = [], []
         for shards in [cfg.data.shards] + ([cfg.student.unlabelled] if cfg.student.unlabelled else []):
             reader = EvalReader(
                 shards,
-                ReaderConfig(level=cfg.level, split=cfg.data.train_split, batch_size=cfg.data.eval_batch_size,
-                             max_views=cfg.data.max_views, transform=transform),
-            )  # fmt: skip
+                ReaderConfig(
+                    level=cfg.level,
+                    split=cfg.data.train_split,
+                    batch_size=cfg.data.eval_batch_size,
+                    max_views=cfg.data.max_views,
+                    transform=transform,
+                ),
+            )
             outputs = predict_split(model, make_loader(reader, cfg.data.num_workers), cfg.level, ctx.device)
             if outputs is not None:
                 ids += outputs.ids
@@ -196,11 +206,15 @@ def run_training(
     parent = cfg.run.parent_run_id or None
     results: list[MemberResult] = []
 
-    def member(member_cfg: TrainConfig, folder: Path, member_name: str, parent_id: str | None, pseudo=None) -> MemberResult:
+    def member(
+        member_cfg: TrainConfig, folder: Path, member_name: str, parent_id: str | None, pseudo=None
+    ) -> MemberResult:
         done = load_result(folder)
         if done is not None:
             if not resume:
-                raise FileExistsError(f"{folder} holds a finished run; pass --resume to reuse it or choose another run.out_dir")
+                raise FileExistsError(
+                    f"{folder} holds a finished run; pass --resume to reuse it or choose another run.out_dir"
+                )
             # Reuse only what this config would train: after a new tuned config a stale member must not stand in.
             found, expected = load_model(done.best_model).config_hash, training_hash(member_cfg)
             if found != expected:
@@ -217,9 +231,17 @@ def run_training(
             _remember_run(folder, run)
             run.log_params(params)
             return train_member(
-                member_cfg, folder, index, ctx, run, stop, training_hash(member_cfg), resume,
-                pseudo=pseudo, on_epoch_end=on_epoch_end,
-            )  # fmt: skip
+                member_cfg,
+                folder,
+                index,
+                ctx,
+                run,
+                stop,
+                training_hash(member_cfg),
+                resume,
+                pseudo=pseudo,
+                on_epoch_end=on_epoch_end,
+            )
 
     def stage(member_cfg: TrainConfig, folder: Path, member_name: str, parent_id: str | None) -> MemberResult:
         if cfg.stage.name != "student":

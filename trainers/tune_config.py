@@ -156,14 +156,16 @@ def load_tune_config(path: Path, overrides: Sequence[str] = ()) -> LoadedTune:
     loaded = LoadedTune(cfg, train_data)
     from_dict(TrainConfig, train_data, origin=lambda key: f"{cfg.base} + [train] of {path}")
     if not cfg.space:
-        raise ConfigError(f"{path}: no [space.\"KEY\"] table: nothing to search")
+        raise ConfigError(f'{path}: no [space."KEY"] table: nothing to search')
     for key, param in cfg.space.items():
         apply_overrides(TrainConfig, {}, [f"{key}=0"])  # the key exists in the training config tree
         for value in param.candidates():
             try:
                 loaded.trial_config({key: value})
             except ConfigError as e:
-                raise ConfigError(f"{path}: space.{key!r}: value {value!r} is not a valid training config: {e}") from None
+                raise ConfigError(
+                    f"{path}: space.{key!r}: value {value!r} is not a valid training config: {e}"
+                ) from None
     if cfg.tune.searcher == "grid":
         continuous = [k for k, p in cfg.space.items() if p.type != "choice"]
         if continuous:

@@ -16,11 +16,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; a cluster node has no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from ray.tune import ResultGrid  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from ray.tune import ResultGrid
 
-from cxrlt.atomic import atomic_path  # noqa: E402
+from cxrlt.atomic import atomic_path
 
 RESULTS_CSV = "results.csv"
 OBJECTIVE_PNG = "objective.png"
@@ -41,16 +41,18 @@ def trials_table(grid: ResultGrid, keys: list[str], metric: str, mode: str, max_
         history = result.metrics_dataframe
         scores = history[metric].dropna() if history is not None and metric in history else pd.Series(dtype=float)
         epochs = int((result.metrics or {}).get("epoch", 0))
-        rows.append({
-            # A trial that failed before its first report has no metrics: its folder names it.
-            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
-            "status": "ERROR" if result.error is not None else "DONE",
-            **{key: result.config.get(key) for key in keys},
-            "epochs": epochs,
-            "stopped_early": result.error is None and epochs < max_epochs,
-            f"last_{metric}": scores.iloc[-1] if len(scores) else math.nan,
-            f"best_{metric}": (scores.max() if mode == "max" else scores.min()) if len(scores) else math.nan,
-        })  # fmt: skip
+        rows.append(
+            {
+                # A trial that failed before its first report has no metrics: its folder names it.
+                "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
+                "status": "ERROR" if result.error is not None else "DONE",
+                **{key: result.config.get(key) for key in keys},
+                "epochs": epochs,
+                "stopped_early": result.error is None and epochs < max_epochs,
+                f"last_{metric}": scores.iloc[-1] if len(scores) else math.nan,
+                f"best_{metric}": (scores.max() if mode == "max" else scores.min()) if len(scores) else math.nan,
+            }
+        )
     return pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
 
 
@@ -82,8 +84,9 @@ def plot_objective(table: pd.DataFrame, metric: str, mode: str, path: Path) -> P
     order = range(1, len(table) + 1)
     early = table["stopped_early"].astype(bool)
     ax.scatter([i for i, e in zip(order, early) if not e], scores[~early], label="ran to max epochs")
-    ax.scatter([i for i, e in zip(order, early) if e], scores[early], facecolors="none", edgecolors="C1",
-               label="stopped early")  # fmt: skip
+    ax.scatter(
+        [i for i, e in zip(order, early) if e], scores[early], facecolors="none", edgecolors="C1", label="stopped early"
+    )
     ax.step(list(order), running, where="post", color="C2", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"dev {metric} (best epoch)")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator, Searcher, SearchAlgorithm
+from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from cxrlt.atomic import atomic_path
 from cxrlt.config import ConfigError
@@ -41,9 +41,7 @@ def search_algorithm(settings: TuneSettings) -> Searcher | SearchAlgorithm:
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(
-        metric=settings.metric, mode=settings.direction, sampler=TPESampler(seed=settings.seed)
-    )
+    return OptunaSearch(metric=settings.metric, mode=settings.direction, sampler=TPESampler(seed=settings.seed))
 
 
 class ResumableASHA(AsyncHyperBandScheduler):
@@ -92,9 +90,14 @@ def scheduler(settings: TuneSettings, epochs: int, state_file: Path) -> TrialSch
     if settings.grace_period > max_t:
         raise ConfigError(f"tune.grace_period = {settings.grace_period} exceeds max_t = {max_t} epochs")
     return ResumableASHA(
-        state_file, time_attr="training_iteration", metric=settings.metric, mode=settings.direction,
-        max_t=max_t, grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+        state_file,
+        time_attr="training_iteration",
+        metric=settings.metric,
+        mode=settings.direction,
+        max_t=max_t,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
         # A trial that reaches the last epoch ends by itself, finishing its run (result.json, MLflow);
         # ASHA stops it at max_t only when that comes before the last epoch.
         stop_last_trials=max_t < epochs,
-    )  # fmt: skip
+    )

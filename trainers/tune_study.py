@@ -29,8 +29,15 @@ from trainers.config import TrainConfig
 from trainers.stages import check_inputs, tracking_uri
 from trainers.tune_config import LoadedTune, absolute_paths, load_tune_config
 from trainers.tune_results import (
-    BEST_CONFIG, OBJECTIVE_PNG, RESULTS_CSV, StudySummary, plot_objective, summarise, trials_table, write_table,
-)  # fmt: skip
+    BEST_CONFIG,
+    OBJECTIVE_PNG,
+    RESULTS_CSV,
+    StudySummary,
+    plot_objective,
+    summarise,
+    trials_table,
+    write_table,
+)
 from trainers.tune_space import param_space, scheduler, search_algorithm
 from trainers.tune_trial import TrialSpec, member_dir, run_trial
 
@@ -64,7 +71,9 @@ def _tuner(spec: TrialSpec, epochs: int, resume: bool) -> tune.Tuner:
     space = param_space(cfg.space, cfg.tune.searcher)
     if tune.Tuner.can_restore(experiment):
         if not resume:
-            raise InputError(f"run.out_dir = {spec.study_dir} holds a study; pass --resume to continue it or choose another run.out_dir")
+            raise InputError(
+                f"run.out_dir = {spec.study_dir} holds a study; pass --resume to continue it or choose another run.out_dir"
+            )
         return tune.Tuner.restore(
             str(experiment), _trainable(spec), resume_unfinished=True, resume_errored=True, param_space=space
         )
@@ -73,16 +82,19 @@ def _tuner(spec: TrialSpec, epochs: int, resume: bool) -> tune.Tuner:
         _trainable(spec),
         param_space=space,
         tune_config=tune.TuneConfig(
-            num_samples=cfg.tune.num_samples, search_alg=search_algorithm(cfg.tune),
+            num_samples=cfg.tune.num_samples,
+            search_alg=search_algorithm(cfg.tune),
             scheduler=scheduler(cfg.tune, epochs, spec.study_dir / SCHEDULER_STATE),
             max_concurrent_trials=cfg.tune.max_concurrent or None,
             # A fresh process per trial: a trial's process group and DeepSpeed state never leak into the next.
             reuse_actors=False,
-        ),  # fmt: skip
+        ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_DIR, storage_path=str(spec.study_dir),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
-        ),  # fmt: skip
+            name=EXPERIMENT_DIR,
+            storage_path=str(spec.study_dir),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
     )
 
 
@@ -123,7 +135,9 @@ def run_study(config: Path, overrides: Sequence[str], resume: bool = False) -> S
     tracker = Tracker(uri)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
-    with tracker.run(experiment, cfg.run.name or study_dir.name, tags={"kind": "tune"}, resume_run_id=saved_run) as parent:
+    with tracker.run(
+        experiment, cfg.run.name or study_dir.name, tags={"kind": "tune"}, resume_run_id=saved_run
+    ) as parent:
         run_id_file.write_text(f"{parent.run_id}\n", encoding="utf-8")
         write_config(cfg, study_dir / "tune.toml")
         parent.log_params({f"tune.{k}": v for k, v in flatten(cfg.tune).items()})
@@ -141,8 +155,13 @@ def run_study(config: Path, overrides: Sequence[str], resume: bool = False) -> S
         write_config(replace(best, run=replace(best.run, out_dir=study_dir / "best")), study_dir / BEST_CONFIG)
         for name in (RESULTS_CSV, OBJECTIVE_PNG, BEST_CONFIG):
             parent.log_artifact(study_dir / name)
-        parent.log_metrics({f"best_{cfg.tune.metric}": summary.best_score, "trials": len(table),
-                            "stopped_early": int(table["stopped_early"].sum())})  # fmt: skip
+        parent.log_metrics(
+            {
+                f"best_{cfg.tune.metric}": summary.best_score,
+                "trials": len(table),
+                "stopped_early": int(table["stopped_early"].sum()),
+            }
+        )
         parent.set_tags({"best_trial": summary.best_trial})
         parent.log_params({f"best.{k}": v for k, v in summary.best_values.items()})
     return summary

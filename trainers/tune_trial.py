@@ -56,10 +56,14 @@ class TrialSpec:
         return replace(
             cfg,
             run=replace(
-                cfg.run, out_dir=self.study_dir / "trials" / trial_id, name=trial_id, experiment=self.experiment,
-                tracking_uri=self.tracking_uri, parent_run_id=self.parent_run_id,
+                cfg.run,
+                out_dir=self.study_dir / "trials" / trial_id,
+                name=trial_id,
+                experiment=self.experiment,
+                tracking_uri=self.tracking_uri,
+                parent_run_id=self.parent_run_id,
             ),
-        )  # fmt: skip
+        )
 
 
 def member_dir(cfg: TrainConfig) -> Path:
@@ -95,7 +99,9 @@ class Reporter:
         if epoch <= self.reported:
             return
         with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / MARKER).write_text(json.dumps({"run_dir": str(self.run_dir), "epoch": epoch}), encoding="utf-8")
+            (Path(folder) / MARKER).write_text(
+                json.dumps({"run_dir": str(self.run_dir), "epoch": epoch}), encoding="utf-8"
+            )
             self.reported = epoch
             # Ends this thread with SystemExit when the scheduler stops the trial.
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -140,7 +146,8 @@ def _train_with_torchrun(cfg: TrainConfig, nproc: int, reporter: Reporter) -> No
     config_file = Path(cfg.run.out_dir).with_suffix(".toml")
     write_config(cfg, config_file)
     process = subprocess.Popen(
-        torchrun_trial_command(config_file, nproc), preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None
+        torchrun_trial_command(config_file, nproc),
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     try:
         while process.poll() is None:

@@ -41,8 +41,12 @@ def build_shards(
     assign_splits(table.records, build.split_by, parse_fractions(build.split), build.seed)
     check_disjoint(table.records, f"source {table.name} ({', '.join(map(str, table.files))})")
     options = {
-        "schema": schema.name, "classes": list(schema.classes), **asdict(build), "max_size": writer.max_size,
-        "image_format": writer.image_format, "samples_per_shard": writer.samples_per_shard,
-    }  # fmt: skip
+        "schema": schema.name,
+        "classes": list(schema.classes),
+        **asdict(build),
+        "max_size": writer.max_size,
+        "image_format": writer.image_format,
+        "samples_per_shard": writer.samples_per_shard,
+    }
     plan = make_plan(table.records, build.level, build.max_views, build.seed, options)
     return ShardWriter(out, schema, writer, loader).write(plan, [table.describe()], command)

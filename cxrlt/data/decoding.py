@@ -118,9 +118,14 @@ class SampleDecoder:
     image is an InputError naming shard and member instead of a dropped view or sample."""
 
     def __init__(
-        self, transform: ImageTransform, level: str, max_views: int, stats: DecodeStats, views: str = "chunks",
+        self,
+        transform: ImageTransform,
+        level: str,
+        max_views: int,
+        stats: DecodeStats,
+        views: str = "chunks",
         strict: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if level not in ("image", "study"):
             raise ValueError(f"level must be 'image' or 'study', got {level!r}")
         if views not in ("sample", "chunks"):
@@ -132,7 +137,9 @@ class SampleDecoder:
         self.views = views
         self.strict = strict
 
-    def _chosen_members(self, raw: dict[str, Any], meta: dict[str, Any], rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    def _chosen_members(
+        self, raw: dict[str, Any], meta: dict[str, Any], rng: np.random.Generator
+    ) -> list[tuple[str, str, str]]:
         members = _members(raw, meta)
         if self.level == "study" and self.views == "sample" and len(members) > self.max_views:
             # Chosen before decoding, so the views left out this time are never decoded.
@@ -204,6 +211,8 @@ class SampleDecoder:
 def collate(items: list[Item]) -> Item:
     """Stack tensors on a new first dimension; keep everything else as a list."""
     return {
-        key: torch.stack([it[key] for it in items]) if isinstance(items[0][key], torch.Tensor) else [it[key] for it in items]
+        key: torch.stack([it[key] for it in items])
+        if isinstance(items[0][key], torch.Tensor)
+        else [it[key] for it in items]
         for key in items[0]
     }

@@ -31,11 +31,13 @@ def split_labels(shards: str | os.PathLike, split: str) -> tuple[list[dict], np.
 
 def label_frame(shards: str | os.PathLike, split: str) -> pd.DataFrame:
     metas, labels, classes = split_labels(shards, split)
-    frame = pd.DataFrame({
-        "dicom_id": [m["image_id"] for m in metas],
-        "study_id": [m["study_id"] for m in metas],
-        "subject_id": [m["patient_id"] for m in metas],
-        "ViewPosition": [m.get("view") or "" for m in metas],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "dicom_id": [m["image_id"] for m in metas],
+            "study_id": [m["study_id"] for m in metas],
+            "subject_id": [m["patient_id"] for m in metas],
+            "ViewPosition": [m.get("view") or "" for m in metas],
+        }
+    )
     cells = np.where(labels < 0, "", labels.astype(int).astype(str))
     return pd.concat([frame, pd.DataFrame(cells, columns=classes)], axis=1)

@@ -59,10 +59,16 @@ def study_labels(rows: np.ndarray) -> np.ndarray:
 
 def _image_meta(record: Record) -> dict[str, object]:
     return {
-        "image_id": record.image_id, "study_id": record.study_id, "patient_id": record.patient_id,
-        "view": record.view, "age": record.age, "sex": record.sex, "split": record.split,
-        "source": record.source, "synthetic": False,
-    }  # fmt: skip
+        "image_id": record.image_id,
+        "study_id": record.study_id,
+        "patient_id": record.patient_id,
+        "view": record.view,
+        "age": record.age,
+        "sex": record.sex,
+        "split": record.split,
+        "source": record.source,
+        "synthetic": False,
+    }
 
 
 def _image_samples(records: Iterable[Record]) -> list[PlannedSample]:

@@ -84,7 +84,9 @@ class ShardSplit:
         self.num_samples = int(self.offsets[-1])
 
     def slot_size(self, slot: Slot) -> int:
-        return sum(slot.kept_below(int(self.offsets[s + 1])) - slot.kept_below(int(self.offsets[s])) for s in slot.shards)
+        return sum(
+            slot.kept_below(int(self.offsets[s + 1])) - slot.kept_below(int(self.offsets[s])) for s in slot.shards
+        )
 
     def read(self, shard: int, slot: Slot, stats: DecodeStats | None = None, strict: bool = False) -> Iterator[Raw]:
         """(raw sample, meta, labels) of `slot`'s samples in one shard, in tar order. Damage (see the
@@ -152,7 +154,10 @@ class TrainReader(torch.utils.data.IterableDataset):
         # Extra shard sets mixed into the real stream: synthetic tail images, and unlabelled images
         # whose labels the noisy student's teacher fills in.
         self.mixes: list[tuple[ShardSplit, float]] = []
-        for extra, ratio, what in ((synthetic, config.synthetic_ratio, "synthesise"), (unlabelled, config.unlabelled_ratio, "shard")):
+        for extra, ratio, what in (
+            (synthetic, config.synthetic_ratio, "synthesise"),
+            (unlabelled, config.unlabelled_ratio, "shard"),
+        ):
             if extra is not None and ratio > 0:
                 split = ShardSplit(extra, config.split)
                 if split.index.classes != self.real.index.classes:
@@ -191,9 +196,15 @@ class TrainReader(torch.utils.data.IterableDataset):
         if final:
             LOG.warning(
                 "%s: skipped %d of %d samples as damaged in epoch %d (rank %d, worker %d; within max_bad_fraction=%s): %s",
-                self.real.directory, stats.bad_samples, stats.samples, self.epoch, self.rank, worker, limit,
+                self.real.directory,
+                stats.bad_samples,
+                stats.samples,
+                self.epoch,
+                self.rank,
+                worker,
+                limit,
                 stats.describe_shards(),
-            )  # fmt: skip
+            )
 
     def _resampled(
         self, split: ShardSplit, slot: Slot, rng: np.random.Generator, stats: DecodeStats, worker: int
@@ -237,7 +248,9 @@ class TrainReader(torch.utils.data.IterableDataset):
 class EvalReader(torch.utils.data.IterableDataset):
     """Every sample of a split exactly once across ranks and workers, each item with its `index`."""
 
-    def __init__(self, shards: str | Path, config: ReaderConfig, rank: int | None = None, world_size: int | None = None):
+    def __init__(
+        self, shards: str | Path, config: ReaderConfig, rank: int | None = None, world_size: int | None = None
+    ):
         self.config = config
         self.rank, self.world_size = distributed_context(rank, world_size)
         self.split = ShardSplit(shards, config.split)

@@ -186,8 +186,14 @@ def _label_frames(studies: list[Study]) -> dict[str, pd.DataFrame]:
     rows = []
     for study in studies:
         for dicom, view in zip(study.dicom_ids, study.views):
-            ids = (dicom, study.subject_id, f"s{study.study_id}", view, context.VIEW_MEANING[view],
-                   f"{study.folder}/{dicom}.jpg")  # fmt: skip
+            ids = (
+                dicom,
+                study.subject_id,
+                f"s{study.study_id}",
+                view,
+                context.VIEW_MEANING[view],
+                f"{study.folder}/{dicom}.jpg",
+            )
             labels = [int(c in study.labels) for c in CXR_LT_2024_TASK1.classes]
             task3 = [int(c in study.task3) for c in CXR_LT_2024_TASK3.classes]
             rows.append((study.split, study.study_id, *ids, *labels, *task3))
@@ -242,7 +248,8 @@ def _summary(studies: list[Study], covered: set[int], options: RehearsalOptions,
     by_split = {s: [st for st in studies if st.split == s] for s in SPLIT_SHARES}
     task1 = CXR_LT_2024_TASK1.classes
     positives = {
-        s: sorted({c for st in group for c in st.labels if c in task1}, key=task1.index) for s, group in by_split.items()
+        s: sorted({c for st in group for c in st.labels if c in task1}, key=task1.index)
+        for s, group in by_split.items()
     }
     anywhere = {c for group in positives.values() for c in group}
     dev_task3 = {c for st in by_split["dev"] for c in st.task3}
@@ -296,8 +303,18 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
     stays, triage, covered = context.ed_frames(events, genders, rng)
     write_csv(stays, tmp / "mimic-iv-ed" / "2.2" / "ed" / "edstays.csv.gz")
     write_csv(triage, tmp / "mimic-iv-ed" / "2.2" / "ed" / "triage.csv.gz")
-    nih_table = frame.loc[external, ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-                                     "Patient Gender", "View Position"]]  # fmt: skip
+    nih_table = frame.loc[
+        external,
+        [
+            "Image Index",
+            "Finding Labels",
+            "Follow-up #",
+            "Patient ID",
+            "Patient Age",
+            "Patient Gender",
+            "View Position",
+        ],
+    ]
     write_csv(nih_table, tmp / "nih-external" / "Data_Entry_2017_v2020.csv")
     manifest = _summary(studies, covered, options, len(external))
     manifest["models"] = _write_backbone_checkpoints(tmp / "models", options.seed)

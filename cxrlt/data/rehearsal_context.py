@@ -20,29 +20,95 @@ FRONTAL = ("AP", "PA", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO"
 # OTHER_VIEW_MIX (mostly lateral), then shuffled within the study.
 FIRST_VIEW_MIX = {"AP": 0.55, "PA": 0.38, "AP AXIAL": 0.01, "PA LLD": 0.01, "AP LLD": 0.005, "LAO": 0.005, "": 0.04}
 OTHER_VIEW_MIX = {
-    "LATERAL": 0.5, "LL": 0.2, "AP": 0.12, "PA": 0.1, "SWIMMERS": 0.01, "XTABLE LATERAL": 0.01, "": 0.08,
-}  # fmt: skip
+    "LATERAL": 0.5,
+    "LL": 0.2,
+    "AP": 0.12,
+    "PA": 0.1,
+    "SWIMMERS": 0.01,
+    "XTABLE LATERAL": 0.01,
+    "": 0.08,
+}
 VIEW_MEANING = {
-    "AP": "antero-posterior", "PA": "postero-anterior", "LATERAL": "lateral", "LL": "left lateral",
-    "AP AXIAL": "antero-posterior", "PA LLD": "postero-anterior", "AP LLD": "antero-posterior",
-    "LAO": "left anterior oblique", "SWIMMERS": "lateral", "XTABLE LATERAL": "lateral", "": "",
-}  # fmt: skip
+    "AP": "antero-posterior",
+    "PA": "postero-anterior",
+    "LATERAL": "lateral",
+    "LL": "left lateral",
+    "AP AXIAL": "antero-posterior",
+    "PA LLD": "postero-anterior",
+    "AP LLD": "antero-posterior",
+    "LAO": "left anterior oblique",
+    "SWIMMERS": "lateral",
+    "XTABLE LATERAL": "lateral",
+    "": "",
+}
 METADATA_COLUMNS = (
-    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-    "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
-)  # fmt: skip
-STAY_COLUMNS = ("subject_id", "hadm_id", "stay_id", "intime", "outtime", "gender", "race", "arrival_transport",
-                "disposition")  # fmt: skip
-TRIAGE_COLUMNS = ("subject_id", "stay_id", "temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp", "pain",
-                  "acuity", "chiefcomplaint")  # fmt: skip
-RACES = ("WHITE", "WHITE", "WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC/LATINO - PUERTO RICAN", "ASIAN - CHINESE",
-         "OTHER", "UNKNOWN", "WHITE - OTHER EUROPEAN")  # fmt: skip
+)
+STAY_COLUMNS = (
+    "subject_id",
+    "hadm_id",
+    "stay_id",
+    "intime",
+    "outtime",
+    "gender",
+    "race",
+    "arrival_transport",
+    "disposition",
+)
+TRIAGE_COLUMNS = (
+    "subject_id",
+    "stay_id",
+    "temperature",
+    "heartrate",
+    "resprate",
+    "o2sat",
+    "sbp",
+    "dbp",
+    "pain",
+    "acuity",
+    "chiefcomplaint",
+)
+RACES = (
+    "WHITE",
+    "WHITE",
+    "WHITE",
+    "BLACK/AFRICAN AMERICAN",
+    "HISPANIC/LATINO - PUERTO RICAN",
+    "ASIAN - CHINESE",
+    "OTHER",
+    "UNKNOWN",
+    "WHITE - OTHER EUROPEAN",
+)
 TRANSPORT = ("WALK IN", "WALK IN", "AMBULANCE", "AMBULANCE", "UNKNOWN", "OTHER", "HELICOPTER")
-DISPOSITION = ("ADMITTED", "ADMITTED", "HOME", "HOME", "HOME", "TRANSFER", "LEFT WITHOUT BEING SEEN", "OTHER",
-               "ELOPED")  # fmt: skip
-COMPLAINTS = ("Dyspnea", "Chest pain", "Cough", "Fever", "SOB", "Abd pain", "Transfer", "Weakness", "Fall",
-              "s/p Fall", "Hypoxia", "Altered mental status", "Dyspnea, Cough", "CHEST PAIN", "Syncope")  # fmt: skip
+DISPOSITION = ("ADMITTED", "ADMITTED", "HOME", "HOME", "HOME", "TRANSFER", "LEFT WITHOUT BEING SEEN", "OTHER", "ELOPED")
+COMPLAINTS = (
+    "Dyspnea",
+    "Chest pain",
+    "Cough",
+    "Fever",
+    "SOB",
+    "Abd pain",
+    "Transfer",
+    "Weakness",
+    "Fall",
+    "s/p Fall",
+    "Hypoxia",
+    "Altered mental status",
+    "Dyspnea, Cough",
+    "CHEST PAIN",
+    "Syncope",
+)
 PAIN_WORDS = ("unable", "UTA", "Critical", "denies", "uta", "10 ", "8-9")
 
 
@@ -85,8 +151,22 @@ def metadata_frame(events: list[StudyEvent], size: tuple[int, int], rng: np.rand
         for dicom, view in zip(event.dicom_ids, event.views):
             erect = view in ("PA", "LATERAL") or rng.random() < 0.5
             orientation = "" if rng.random() < 0.03 else "Erect" if erect else "Recumbent"
-            rows.append((dicom, event.subject_id, event.study_id, description, view, size[1], size[0], date, time,
-                         description, VIEW_MEANING[view], orientation))  # fmt: skip
+            rows.append(
+                (
+                    dicom,
+                    event.subject_id,
+                    event.study_id,
+                    description,
+                    view,
+                    size[1],
+                    size[0],
+                    date,
+                    time,
+                    description,
+                    VIEW_MEANING[view],
+                    orientation,
+                )
+            )
     return pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
 
 
@@ -106,12 +186,18 @@ def _triage(subject: int, stay: int, rng: np.random.Generator) -> dict[str, obje
     pain = str(rng.choice(PAIN_WORDS)) if rng.random() < 0.1 else str(rng.integers(0, 11))
     pain = "" if rng.random() < 0.05 else pain
     return {
-        "subject_id": subject, "stay_id": stay, "temperature": temperature,
-        "heartrate": _vital(rng, 88, 18, 0, 40, 170), "resprate": _vital(rng, 18, 3, 0, 10, 40), "o2sat": o2sat,
-        "sbp": _vital(rng, 135, 22, 0, 70, 220), "dbp": _vital(rng, 78, 14, 0, 35, 130), "pain": pain,
+        "subject_id": subject,
+        "stay_id": stay,
+        "temperature": temperature,
+        "heartrate": _vital(rng, 88, 18, 0, 40, 170),
+        "resprate": _vital(rng, 18, 3, 0, 10, 40),
+        "o2sat": o2sat,
+        "sbp": _vital(rng, 135, 22, 0, 70, 220),
+        "dbp": _vital(rng, 78, 14, 0, 35, 130),
+        "pain": pain,
         "acuity": None if rng.random() < 0.02 else int(rng.choice([1, 2, 2, 2, 3, 3, 3, 4, 5])),
         "chiefcomplaint": str(rng.choice(COMPLAINTS)),
-    }  # fmt: skip
+    }
 
 
 def ed_frames(
@@ -153,8 +239,13 @@ def _stay(subject: int, stay: int, intime: datetime, outtime: datetime, genders:
     disposition = str(rng.choice(DISPOSITION))
     admitted = disposition == "ADMITTED"
     return {
-        "subject_id": subject, "hadm_id": int(rng.integers(20_000_000, 30_000_000)) if admitted else None,
-        "stay_id": stay, "intime": intime.strftime("%Y-%m-%d %H:%M:%S"),
-        "outtime": outtime.strftime("%Y-%m-%d %H:%M:%S"), "gender": genders.get(subject, "F"),
-        "race": str(rng.choice(RACES)), "arrival_transport": str(rng.choice(TRANSPORT)), "disposition": disposition,
-    }  # fmt: skip
+        "subject_id": subject,
+        "hadm_id": int(rng.integers(20_000_000, 30_000_000)) if admitted else None,
+        "stay_id": stay,
+        "intime": intime.strftime("%Y-%m-%d %H:%M:%S"),
+        "outtime": outtime.strftime("%Y-%m-%d %H:%M:%S"),
+        "gender": genders.get(subject, "F"),
+        "race": str(rng.choice(RACES)),
+        "arrival_transport": str(rng.choice(TRANSPORT)),
+        "disposition": disposition,
+    }

@@ -18,7 +18,9 @@ import numpy as np
 T = TypeVar("T")
 
 
-def class_repeat_factors(class_counts: Mapping[str, int], classes: Sequence[str], num_samples: int, threshold: float) -> np.ndarray:
+def class_repeat_factors(
+    class_counts: Mapping[str, int], classes: Sequence[str], num_samples: int, threshold: float
+) -> np.ndarray:
     """r_c per class (schema order); classes never positive get 1 (nothing to repeat)."""
     if not 0 < threshold <= 1:
         raise ValueError(f"repeat threshold must be in (0, 1], got {threshold}")

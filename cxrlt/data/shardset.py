@@ -49,10 +49,24 @@ SPLITS = ("train", "dev", "test")
 VIEW_TYPES = ("pad", "PA", "AP", "LATERAL", "LL", "OTHER", "UNKNOWN")
 FRONTAL_VIEWS = ("PA", "AP")
 _VIEW_ALIASES = {
-    "PA": "PA", "POSTEROANTERIOR": "PA", "AP": "AP", "ANTEROPOSTERIOR": "AP", "AP_HORIZONTAL": "AP",
-    "AP AXIAL": "AP", "AP LLD": "AP", "AP RLD": "AP", "PA LLD": "PA", "PA RLD": "PA", "LATERAL": "LATERAL",
-    "L": "LATERAL", "LAT": "LATERAL", "RL": "LATERAL", "LL": "LL", "LEFT LATERAL": "LL", "XTABLE LATERAL": "LL",
-}  # fmt: skip
+    "PA": "PA",
+    "POSTEROANTERIOR": "PA",
+    "AP": "AP",
+    "ANTEROPOSTERIOR": "AP",
+    "AP_HORIZONTAL": "AP",
+    "AP AXIAL": "AP",
+    "AP LLD": "AP",
+    "AP RLD": "AP",
+    "PA LLD": "PA",
+    "PA RLD": "PA",
+    "LATERAL": "LATERAL",
+    "L": "LATERAL",
+    "LAT": "LATERAL",
+    "RL": "LATERAL",
+    "LL": "LL",
+    "LEFT LATERAL": "LL",
+    "XTABLE LATERAL": "LL",
+}
 _UNKNOWN_VIEWS = ("", "NAN", "NONE", "UNK", "UNKNOWN")
 
 # Triage vitals of MIMIC-IV-ED (column names of triage.csv), in the order the study reader stacks them.

@@ -200,9 +200,13 @@ class ShardWriter:
                     known += sample.labels >= 0
                     written += 1
         record = {
-            "plan_hash": plan.fingerprint, "split": split, "num_samples": written, "skipped": skipped,
-            "positives": positives.tolist(), "known": known.tolist(),
-        }  # fmt: skip
+            "plan_hash": plan.fingerprint,
+            "split": split,
+            "num_samples": written,
+            "skipped": skipped,
+            "positives": positives.tolist(),
+            "known": known.tolist(),
+        }
         write_text_atomic(self._record_path(name), json.dumps(record, sort_keys=True))
         return record
 

@@ -47,9 +47,14 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def _register_family(
-    family: Family, tiny: tuple[str, ...], large: tuple[str, ...], *, fixed_size: bool = False,
-    drop_path: bool = True, **timm_kwargs: Any,
-) -> None:  # fmt: skip
+    family: Family,
+    tiny: tuple[str, ...],
+    large: tuple[str, ...],
+    *,
+    fixed_size: bool = False,
+    drop_path: bool = True,
+    **timm_kwargs: Any,
+) -> None:
     for name in tiny + large:
         BACKBONES.register(
             name,
@@ -62,9 +67,12 @@ _register_family("convnextv2", ("convnextv2_atto",), ("convnextv2_tiny", "convne
 _register_family("efficientnetv2", ("efficientnetv2_rw_t",), ("efficientnetv2_s", "efficientnetv2_m"))
 _register_family("tf_efficientnetv2", ("tf_efficientnetv2_b0",), ("tf_efficientnetv2_s", "tf_efficientnetv2_m"))
 _register_family(
-    "vit", ("vit_tiny_patch16_224",), ("vit_small_patch16_224", "vit_base_patch16_224"),
-    fixed_size=True, dynamic_img_size=True,
-)  # fmt: skip
+    "vit",
+    ("vit_tiny_patch16_224",),
+    ("vit_small_patch16_224", "vit_base_patch16_224"),
+    fixed_size=True,
+    dynamic_img_size=True,
+)
 _register_family("maxvit", ("maxvit_pico_rw_256",), ("maxvit_tiny_tf_224", "maxvit_small_tf_224"), fixed_size=True)
 # timm's DenseNet has no stochastic depth; it only takes drop_rate.
 _register_family("densenet", ("densenet121",), (), drop_path=False)

@@ -35,9 +35,7 @@ def _resolve(source: str | os.PathLike) -> Path:
         return packaged[str(source)]
     path = Path(source)
     if not path.is_file():
-        raise InputError(
-            f"descriptions {source}: no such file, and not a packaged name ({', '.join(packaged)})"
-        )
+        raise InputError(f"descriptions {source}: no such file, and not a packaged name ({', '.join(packaged)})")
     return path
 
 
@@ -48,7 +46,7 @@ def _read_toml(path: Path) -> dict[str, str]:
         raise InputError(f"{path}: invalid TOML: {e}") from None
     table = data.get(TABLE)
     if not isinstance(table, dict):
-        raise InputError(f"{path}: needs a [{TABLE}] table of class name = \"description\"")
+        raise InputError(f'{path}: needs a [{TABLE}] table of class name = "description"')
     bad = [k for k, v in table.items() if not isinstance(v, str)]
     if bad:
         raise InputError(f"{path}: [{TABLE}] {bad[0]!r} must be a string")

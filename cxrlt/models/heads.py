@@ -140,9 +140,7 @@ class MLDecoderHead(nn.Module):
         self.text_mode = class_embeddings is not None
         if self.text_mode:
             if class_embeddings.ndim != 2 or len(class_embeddings) != num_classes:
-                raise ValueError(
-                    f"class_embeddings must be ({num_classes}, E), got {tuple(class_embeddings.shape)}"
-                )
+                raise ValueError(f"class_embeddings must be ({num_classes}, E), got {tuple(class_embeddings.shape)}")
             self.register_buffer("class_embeddings", class_embeddings.detach().float().clone())
             self.query_proj = nn.Linear(class_embeddings.shape[1], dim)
             self.class_fc = nn.Linear(dim, 1)

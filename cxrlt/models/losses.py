@@ -149,9 +149,14 @@ class AsymmetricLoss(MaskedMultiLabelLoss):
         # focusing power below 1, d/dp of p ** gamma is infinite where clipping makes p exactly 0 (a
         # confident negative), and infinity times the zero loss there is a NaN gradient.
         self.asl = AsymmetricLossMultiLabel(
-            gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps, reduction="none", weight=class_weight,
+            gamma_neg=gamma_neg,
+            gamma_pos=gamma_pos,
+            clip=clip,
+            eps=eps,
+            reduction="none",
+            weight=class_weight,
             disable_torch_grad_focal_loss=True,
-        )  # fmt: skip
+        )
 
     def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.asl(logits, targets)

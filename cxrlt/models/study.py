@@ -82,9 +82,14 @@ class StudyModel(nn.Module):
             if embedding is not None:
                 nn.init.trunc_normal_(embedding.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, int(cfg.dim * cfg.mlp_ratio), cfg.dropout,
-            activation="gelu", batch_first=True, norm_first=True,
-        )  # fmt: skip
+            cfg.dim,
+            cfg.heads,
+            int(cfg.dim * cfg.mlp_ratio),
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         # torch cannot use nested tensors with norm_first (it warns); the key padding mask does the masking.
         self.fusion = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
         self.head = head

@@ -78,8 +78,9 @@ def wait_ended(slurm: LocalSlurm, job_id: str, timeout: float) -> list[dict[str,
     return wait_until(slurm, job_id, lambda fs: fs and all(f["JobState"] in ENDED for f in fs), timeout, "the end")
 
 
-def wait_all_ended(slurm: LocalSlurm, job_ids: Iterable[str], timeout: float,
-                   poll: float = 1.0) -> dict[str, dict[str, str]]:  # fmt: skip
+def wait_all_ended(
+    slurm: LocalSlurm, job_ids: Iterable[str], timeout: float, poll: float = 1.0
+) -> dict[str, dict[str, str]]:
     """The fields of each job as it ended, polling every job with one `scontrol show job` (a chain of jobs
     shares the test machine's cores with the poller). A job's fields are kept from when it ended: the
     controller forgets it MinJobAge (300 s) later, before a long chain is over."""
@@ -108,8 +109,13 @@ def release_requeued(slurm: LocalSlurm, job_id: str, restarts: int, timeout: flo
     start in the same wall-clock second as the kill: slurmd revokes the old attempt's credential with a
     one-second timestamp and refuses any credential of that job issued up to it ("Job credential
     revoked", the attempt ends FAILED) -- so the release waits for the next second to begin."""
-    wait_until(slurm, job_id, lambda fs: fs[0].get("Restarts") == str(restarts) and fs[0]["JobState"] == "PENDING",
-               timeout, f"requeue #{restarts}")  # fmt: skip
+    wait_until(
+        slurm,
+        job_id,
+        lambda fs: fs[0].get("Restarts") == str(restarts) and fs[0]["JobState"] == "PENDING",
+        timeout,
+        f"requeue #{restarts}",
+    )
     deadline = time.monotonic() + timeout
     while slurm.steps_alive(job_id):
         if time.monotonic() > deadline:

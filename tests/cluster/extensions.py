@@ -32,8 +32,12 @@ def prepare(folder: Path, venv: Path) -> None:
     if (CACHE / OP / f"{OP}.so").is_file():
         shutil.copytree(CACHE, folder, ignore=NO_LOCK, dirs_exist_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(folder), "DS_ACCELERATOR": "cpu",
-           "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "TORCH_EXTENSIONS_DIR": str(folder),
+        "DS_ACCELERATOR": "cpu",
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     done = subprocess.run([sys.executable, "-c", BUILD], env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"building {OP} failed:\n{done.stderr[-3000:]}")

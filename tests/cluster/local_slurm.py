@@ -100,8 +100,9 @@ class LocalSlurm:
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._daemon("slurmctld", ["slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid")
         for node in self.nodes:
-            self._daemon(f"slurmd-{node}", ["slurmd", "-f", str(self.conf), "-N", node],
-                         self.root / f"slurmd-{node}.pid")  # fmt: skip
+            self._daemon(
+                f"slurmd-{node}", ["slurmd", "-f", str(self.conf), "-N", node], self.root / f"slurmd-{node}.pid"
+            )
         _wait_for(self._all_idle, 30, f"nodes {', '.join(self.nodes)} to be idle ({self.root}/*.log)", 0.2)
         return self
 
@@ -143,9 +144,19 @@ class LocalSlurm:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         pid_file = d / "munged.pid"
-        subprocess.run(["munged", f"--socket={self.munge_socket}", f"--key-file={key}", f"--pid-file={pid_file}",
-                        f"--log-file={d / 'munged.log'}", f"--seed-file={d / 'munged.seed'}"],
-                       check=True, capture_output=True, timeout=30)  # fmt: skip
+        subprocess.run(
+            [
+                "munged",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={pid_file}",
+                f"--log-file={d / 'munged.log'}",
+                f"--seed-file={d / 'munged.seed'}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         _wait_for(pid_file.exists, 10, "munged's pid file")
         self.pids["munged"] = int(pid_file.read_text())
 
@@ -188,8 +199,10 @@ class LocalSlurm:
             f"SlurmdLogFile={r}/slurmd-%n.log",
         ]
         for node, port in zip(self.nodes, node_ports):
-            lines.append(f"NodeName={node} NodeAddr=127.0.0.1 Port={port} CPUs={NODE_CPUS} "
-                         f"RealMemory={NODE_MEMORY_MB} State=UNKNOWN")  # fmt: skip
+            lines.append(
+                f"NodeName={node} NodeAddr=127.0.0.1 Port={port} CPUs={NODE_CPUS} "
+                f"RealMemory={NODE_MEMORY_MB} State=UNKNOWN"
+            )
         lines.append(f"PartitionName=test Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
         (r / "state").mkdir()
         for node in self.nodes:
@@ -203,8 +216,12 @@ class LocalSlurm:
             jobs = self.run("squeue", "--noheader", "--format=%A", check=False).stdout.split()
             if jobs:
                 self.run("scancel", *jobs, check=False)
-                _wait_for(lambda: not self.run("squeue", "--noheader", check=False).stdout.strip(), 30,
-                          "cancelled jobs to end", 0.2)  # fmt: skip
+                _wait_for(
+                    lambda: not self.run("squeue", "--noheader", check=False).stdout.strip(),
+                    30,
+                    "cancelled jobs to end",
+                    0.2,
+                )
         for pid in reversed(list(self.pids.values())):
             try:
                 os.kill(pid, signal.SIGTERM)

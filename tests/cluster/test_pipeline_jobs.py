@@ -15,8 +15,7 @@ import mlflow
 
 from cxrlt.pipeline import load_pipeline, make_plan
 from tests.cli import cxrlt
-from tests.cluster.conftest import (SCHEMA, VENV, diagnosis, submission_folder, submitted_ids,
-                                    wait_all_ended)
+from tests.cluster.conftest import SCHEMA, VENV, diagnosis, submission_folder, submitted_ids, wait_all_ended
 from tests.cluster.local_slurm import LocalSlurm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +36,7 @@ source = "starter"
 args = ["--max-size", "64", "--split", "0.7,0.15,0.15", "--schema", "{SCHEMA}"]
 
 [pipeline.train]
-config = "{ROOT / 'configs' / 'demo-member.toml'}"
+config = "{ROOT / "configs" / "demo-member.toml"}"
 set = ["schedule.epochs=1", "data.steps_per_epoch=3"]
 
 [[pipeline.members]]

@@ -40,6 +40,7 @@ ranks_per_node = 2
 conda_env = "cxrlt"
 """
 
+
 def scripts(stdout: str) -> list[str]:
     return ["#!/bin/bash" + part for part in stdout.split("#!/bin/bash")[1:]]
 
@@ -63,10 +64,17 @@ CASES = {
     "tune": ("tune", GPU_TRAIN, ()),
     "synth-train": ("synth", "[synth]\nx = 1\n" + CPU_ONLY, ("--", "train")),
     "synth-sample": ("synth", "[synth]\nx = 1\n" + CPU_ONLY, ("--", "sample")),
-    "predict": ("predict", CPU_ONLY, ("--", "runs/a/best.pt", "--shards", "shards", "--split", "test", "--out", "p.csv")),
-    "ensemble": ("ensemble", "[search]\nx = 1\n" + CPU_ONLY, ("--", "build", "--predictions", "a.csv", "--labels", "l.csv",
-                                                             "--out", "ens")),
-}  # fmt: skip
+    "predict": (
+        "predict",
+        CPU_ONLY,
+        ("--", "runs/a/best.pt", "--shards", "shards", "--split", "test", "--out", "p.csv"),
+    ),
+    "ensemble": (
+        "ensemble",
+        "[search]\nx = 1\n" + CPU_ONLY,
+        ("--", "build", "--predictions", "a.csv", "--labels", "l.csv", "--out", "ens"),
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -81,9 +89,22 @@ def test_every_kind_renders_valid_bash(case: str, tmp_path: Path, slurm_tools: N
 def test_gpu_training_script(tmp_path: Path, slurm_tools: None) -> None:
     [script] = dry_run(tmp_path, "train", GPU_TRAIN, "--set", "optim.lr=5e-4", "--set", "slurm.time=00:30:00")
     options = sbatch_options(script)
-    for expected in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=32", "--mem=200G",
-                     "--time=00:30:00", "--partition=gpu", "--account=proj-1", "--qos=high", "--constraint=a100",
-                     "--exclusive", "--signal=B:USR1@600", "--requeue", "--open-mode=append"):  # fmt: skip
+    for expected in (
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=4",
+        "--cpus-per-task=32",
+        "--mem=200G",
+        "--time=00:30:00",
+        "--partition=gpu",
+        "--account=proj-1",
+        "--qos=high",
+        "--constraint=a100",
+        "--exclusive",
+        "--signal=B:USR1@600",
+        "--requeue",
+        "--open-mode=append",
+    ):
         assert expected in options, (expected, options)
     assert "module load cuda/12.4\nmodule load nccl\n" in script
     assert "source '/opt/venvs/cxrlt env/bin/activate'" in script
@@ -113,8 +134,10 @@ def test_tune_script_starts_ray_across_the_allocation(tmp_path: Path, slurm_tool
     [script] = dry_run(tmp_path, "tune", GPU_TRAIN)
     assert 'ray start --head --node-ip-address="$HEAD_IP" --port=6379' in script
     assert 'for node in "${NODES[@]:1}"' in script and 'ray start --address="$RAY_ADDRESS"' in script
-    assert '--num-gpus=4' in script
-    assert re.search(r'run_step "\$\{CX\[@\]\}" tune \S+config\.toml --set optim\.lr=0\.001|run_step "\$\{CX\[@\]\}" tune', script)
+    assert "--num-gpus=4" in script
+    assert re.search(
+        r'run_step "\$\{CX\[@\]\}" tune \S+config\.toml --set optim\.lr=0\.001|run_step "\$\{CX\[@\]\}" tune', script
+    )
 
 
 BAD = {
@@ -126,7 +149,7 @@ BAD = {
     "predict config": ("predict", "[run]\nx = 1\n[slurm]\n", ("--", "m.pt"), "predict takes no config"),
     "synth action": ("synth", "[synth]\nx = 1\n", (), "-- train"),
     "one-node kind": ("predict", "[slurm]\nnodes = 2\n", ("--", "m.pt"), "slurm.nodes = 2"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -42,8 +42,11 @@ def plan_of(workdir: Path) -> list[Step]:
 
 def job_argv(step: Step, folder: Path) -> list[str]:
     """The step's command line as its job runs it: the steps' configs are snapshots in `folder`."""
-    snapshots = {"configs/demo-tune.toml": "tune", "configs/synth-demo.toml": "synth",
-                 "configs/demo-member.toml": "train"}  # fmt: skip
+    snapshots = {
+        "configs/demo-tune.toml": "tune",
+        "configs/synth-demo.toml": "synth",
+        "configs/demo-member.toml": "train",
+    }
     return [str(folder / "configs" / f"{snapshots[w]}.toml") if w in snapshots else w for w in step.argv]
 
 
@@ -175,7 +178,17 @@ def test_submission_order_dependencies_and_parent_run(workdir: Path, monkeypatch
 
 def test_records_of_one_dependency_per_job_still_load(tmp_path: Path) -> None:
     path = tmp_path / "submission.json"
-    path.write_text(json.dumps({"kind": "train", "dir": str(tmp_path), "created_at": "2025-01-01T00:00:00+00:00",
-                                "steps": [{"name": "a", "job_id": "1", "script": "a.sbatch", "depends_on": None},
-                                          {"name": "b", "job_id": "2", "script": "b.sbatch", "depends_on": "1"}]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "kind": "train",
+                "dir": str(tmp_path),
+                "created_at": "2025-01-01T00:00:00+00:00",
+                "steps": [
+                    {"name": "a", "job_id": "1", "script": "a.sbatch", "depends_on": None},
+                    {"name": "b", "job_id": "2", "script": "b.sbatch", "depends_on": "1"},
+                ],
+            }
+        )
+    )
     assert [s.depends_on for s in SubmissionRecord.load(path).steps] == [[], ["1"]]

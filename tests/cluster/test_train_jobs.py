@@ -12,8 +12,16 @@ from pathlib import Path
 import mlflow
 
 from tests.cli import cxrlt
-from tests.cluster.conftest import (ENDED, diagnosis, release_requeued, submitted_ids, tracking_store,
-                                    train_toml, wait_ended, wait_until)
+from tests.cluster.conftest import (
+    ENDED,
+    diagnosis,
+    release_requeued,
+    submitted_ids,
+    tracking_store,
+    train_toml,
+    wait_ended,
+    wait_until,
+)
 from tests.cluster.local_slurm import LocalSlurm
 
 
@@ -52,8 +60,9 @@ def test_two_node_training_job_logs_to_mlflow(slurm: LocalSlurm, starter_shards:
     assert [(t["step"], t["job_id"], t["exit_code"]) for t in report["tasks"]] == [("train", job, "0:0")]
 
 
-def test_preempted_and_requeued_job_resumes_from_its_checkpoint(slurm: LocalSlurm, starter_shards: Path,
-                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_preempted_and_requeued_job_resumes_from_its_checkpoint(
+    slurm: LocalSlurm, starter_shards: Path, tmp_path: Path
+) -> None:
     # Enough steps that the run cannot end between a checkpoint being seen and the stop being served,
     # few enough to stay quick; a checkpoint every 2 steps gives the test something to wait for.
     steps = 40

@@ -86,25 +86,63 @@ def mimic(tmp_path_factory: pytest.TempPathFactory) -> Mimic:
                 dicom = _dicom_id(rng)
                 fpath = f"files/p{str(subject)[:2]}/p{subject}/{study}/{dicom}.jpg"
                 write_image(root / "jpg" / fpath, seed=int(rng.integers(1 << 30)))
-                rows.append({"dicom_id": dicom, "subject_id": str(subject), "study_id": study,
-                             "ViewPosition": view if v != 1 else "", "ViewCodeSequence_CodeMeaning": "postero-anterior",
-                             "fpath": fpath, **dict(zip(CXR_LT_2024_TASK1.classes, labels))})  # fmt: skip
-                meta_rows.append({"dicom_id": dicom, "subject_id": subject, "study_id": study[1:], "ViewPosition": view,
-                                  "StudyDate": date, "StudyTime": f"{10 + v}3015.123"})  # fmt: skip
+                rows.append(
+                    {
+                        "dicom_id": dicom,
+                        "subject_id": str(subject),
+                        "study_id": study,
+                        "ViewPosition": view if v != 1 else "",
+                        "ViewCodeSequence_CodeMeaning": "postero-anterior",
+                        "fpath": fpath,
+                        **dict(zip(CXR_LT_2024_TASK1.classes, labels)),
+                    }
+                )
+                meta_rows.append(
+                    {
+                        "dicom_id": dicom,
+                        "subject_id": subject,
+                        "study_id": study[1:],
+                        "ViewPosition": view,
+                        "StudyDate": date,
+                        "StudyTime": f"{10 + v}3015.123",
+                    }
+                )
             report = root / "reports" / f"files/p{str(subject)[:2]}/p{subject}/{study}.txt"
             report.parent.mkdir(parents=True, exist_ok=True)
             indication = f"Patient {p} with cough and fever // ? pneumonia" if s == 0 else ""
             report.write_text(f"EXAMINATION:  CHEST (PA AND LAT)\n\nINDICATION:  {indication}\n\nFINDINGS:  clear.\n")
             if s == 0:
                 stay = 30000000 + p
-                stays.append({"subject_id": subject, "hadm_id": "", "stay_id": stay, "intime": f"{date[:4]}-{date[4:6]}-{date[6:]} 08:00:00",
-                              "outtime": f"{date[:4]}-{date[4:6]}-{date[6:]} 23:00:00", "gender": "F" if p % 2 else "M"})  # fmt: skip
-                triage.append({"subject_id": subject, "stay_id": stay, "temperature": 98.1 + p / 10, "heartrate": 80 + p,
-                               "resprate": 16, "o2sat": "" if p == 0 else 97, "sbp": 120, "dbp": 80, "pain": 3,
-                               "acuity": 2, "chiefcomplaint": "Cough"})  # fmt: skip
+                stays.append(
+                    {
+                        "subject_id": subject,
+                        "hadm_id": "",
+                        "stay_id": stay,
+                        "intime": f"{date[:4]}-{date[4:6]}-{date[6:]} 08:00:00",
+                        "outtime": f"{date[:4]}-{date[4:6]}-{date[6:]} 23:00:00",
+                        "gender": "F" if p % 2 else "M",
+                    }
+                )
+                triage.append(
+                    {
+                        "subject_id": subject,
+                        "stay_id": stay,
+                        "temperature": 98.1 + p / 10,
+                        "heartrate": 80 + p,
+                        "resprate": 16,
+                        "o2sat": "" if p == 0 else 97,
+                        "sbp": 120,
+                        "dbp": 80,
+                        "pain": 3,
+                        "acuity": 2,
+                        "chiefcomplaint": "Cough",
+                    }
+                )
     frame = pd.DataFrame(rows)
     in_dev = frame["study_id"] == frame["study_id"].iloc[-1]  # the last patient's one 5-view study
-    dev_frame = frame[in_dev][["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"]]
+    dev_frame = frame[in_dev][
+        ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"]
+    ]
     train_frame = frame[~in_dev]
     train, dev = root / "train_labeled.csv", root / "development_task3.csv"
     train_frame.to_csv(train, index=False)
@@ -187,8 +225,9 @@ def read_back():
         splits = [split] if split else list(read_index(out).splits)
         items = []
         for name in splits:
-            config = ReaderConfig(level=level, split=name, batch_size=5, max_views=max_views,
-                                  transform=TransformConfig(size=32))  # fmt: skip
+            config = ReaderConfig(
+                level=level, split=name, batch_size=5, max_views=max_views, transform=TransformConfig(size=32)
+            )
             for batch in EvalReader(out, config, rank=0, world_size=1):
                 for i in range(len(batch["id"])):
                     items.append({key: value[i] for key, value in batch.items()})

@@ -60,7 +60,9 @@ def _eval(shards: Path, split: str = "train") -> int:
 
 
 def _train(shards: Path, max_bad_fraction: float, steps: int = 6, num_workers: int = 0) -> list[dict]:
-    config = ReaderConfig(batch_size=8, shuffle_buffer=16, steps_per_epoch=steps, max_bad_fraction=max_bad_fraction, transform=TINY)
+    config = ReaderConfig(
+        batch_size=8, shuffle_buffer=16, steps_per_epoch=steps, max_bad_fraction=max_bad_fraction, transform=TINY
+    )
     return list(make_loader(TrainReader(shards, config, rank=0, world_size=1), num_workers))
 
 
@@ -114,7 +116,10 @@ def test_eval_error_through_a_worker_keeps_the_one_line_message(shards):
 def test_train_truncated_tar_fails_past_the_threshold_naming_count_and_shard(shards):
     tars = _damage_every_train_shard(shards, lambda tar: tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 3]))
     names = "|".join(t.name for t in tars)
-    with pytest.raises(InputError, match=rf"\d+ of \d+ samples read in epoch 0 .* max_bad_fraction=0.01; damaged shards: .*({names}) \(\d+\)"):
+    with pytest.raises(
+        InputError,
+        match=rf"\d+ of \d+ samples read in epoch 0 .* max_bad_fraction=0.01; damaged shards: .*({names}) \(\d+\)",
+    ):
         _train(shards, 0.01)
 
 

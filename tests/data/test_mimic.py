@@ -20,9 +20,14 @@ OPTIONS = WriterOptions(max_size=40, samples_per_shard=6)
 
 def _read(mimic, target=CXR_LT_2024_TASK1):
     return read_mimic_cxr_lt(
-        mimic.root, {"train": mimic.train, "dev": mimic.dev}, target, mimic.metadata, mimic.reports,
-        mimic.edstays, mimic.triage,
-    )  # fmt: skip
+        mimic.root,
+        {"train": mimic.train, "dev": mimic.dev},
+        target,
+        mimic.metadata,
+        mimic.reports,
+        mimic.edstays,
+        mimic.triage,
+    )
 
 
 def test_image_level_labels_splits_and_bad_images(mimic, tmp_path, read_back):
@@ -35,7 +40,9 @@ def test_image_level_labels_splits_and_bad_images(mimic, tmp_path, read_back):
         if item["study_id"] == mimic.frame["study_id"].iloc[-1]:
             assert (item["labels"] == -1).all()  # development_task3.csv carries no labels
         else:
-            assert np.array_equal(item["labels"].numpy(), truth.loc[dicom, list(CXR_LT_2024_TASK1.classes)].to_numpy(float))
+            assert np.array_equal(
+                item["labels"].numpy(), truth.loc[dicom, list(CXR_LT_2024_TASK1.classes)].to_numpy(float)
+            )
     positives = truth[~mimic.dev_rows.to_numpy()].drop(index=list(mimic.bad))[list(CXR_LT_2024_TASK1.classes)].sum()
     assert index.split_class_counts["train"] == {c: int(positives[c]) for c in CXR_LT_2024_TASK1.classes}
 
@@ -84,7 +91,10 @@ def test_2023_naming_and_bad_label_cell(mimic, tmp_path, edit_cell):
     assert record.labels[get_schema("cxr-lt-2023").index("No Finding")] == normal
     bad = tmp_path / "train_labeled.csv"
     edit_cell(mimic.train, bad, 2, "Edema", "0.5")
-    with pytest.raises(InputError, match=r"train_labeled.csv: column 'Edema': label values must be 1, 0, -1 or blank; got line 4 = '0.5'"):
+    with pytest.raises(
+        InputError,
+        match=r"train_labeled.csv: column 'Edema': label values must be 1, 0, -1 or blank; got line 4 = '0.5'",
+    ):
         read_mimic_cxr_lt(mimic.root, {"train": bad}, CXR_LT_2024_TASK1)
 
 
@@ -113,15 +123,35 @@ def test_study_times_written_as_numbers():
 
     meta = pd.DataFrame({"StudyDate": ["21800105"] * 4, "StudyTime": ["83214.578", "21101", "5.5", "235959.1"]})
     assert [str(t) for t in study_times(meta)] == [
-        "2180-01-05 08:32:14", "2180-01-05 02:11:01", "2180-01-05 00:00:05", "2180-01-05 23:59:59",
-    ]  # fmt: skip
+        "2180-01-05 08:32:14",
+        "2180-01-05 02:11:01",
+        "2180-01-05 00:00:05",
+        "2180-01-05 23:59:59",
+    ]
 
 
 def test_cli_shards_and_reports_input_errors(mimic, tmp_path, capsys, edit_cell, read_back):
     out = tmp_path / "out"
-    argv = ["shard", "mimic-cxr-lt", "--images", str(mimic.root), "--labels", str(mimic.train),
-            "--labels", str(mimic.dev), "--metadata", str(mimic.metadata), "--out", str(out), "--max-size", "32",
-            "--level", "study", "--workers", "2"]  # fmt: skip
+    argv = [
+        "shard",
+        "mimic-cxr-lt",
+        "--images",
+        str(mimic.root),
+        "--labels",
+        str(mimic.train),
+        "--labels",
+        str(mimic.dev),
+        "--metadata",
+        str(mimic.metadata),
+        "--out",
+        str(out),
+        "--max-size",
+        "32",
+        "--level",
+        "study",
+        "--workers",
+        "2",
+    ]
     assert main(argv) == 0
     index = json.loads((out / "_index.json").read_text())
     assert index["level"] == "study" and index["splits"]["dev"] == 1 and index["num_skipped"] == len(mimic.bad)
@@ -129,11 +159,18 @@ def test_cli_shards_and_reports_input_errors(mimic, tmp_path, capsys, edit_cell,
     # The default stores every view: the 5-view dev study reads back as two chunks of 4 slots, every image.
     chunks = read_back(out, split="dev", level="study")
     views = [i for item in chunks for i, on in zip(item["image_ids"], item["view_mask"].tolist()) if on]
-    assert index["views_dropped"] == 0 and len(chunks) == 2 and {item["id"] for item in chunks} == {mimic.frame["study_id"].iloc[-1]}
+    assert (
+        index["views_dropped"] == 0
+        and len(chunks) == 2
+        and {item["id"] for item in chunks} == {mimic.frame["study_id"].iloc[-1]}
+    )
     assert sorted(views) == sorted(mimic.frame[mimic.dev_rows]["dicom_id"])
     bad = tmp_path / "train_labeled.csv"
     edit_cell(mimic.train, bad, 0, "Mass", "2")
-    assert main(["shard", "mimic-cxr-lt", "--images", str(mimic.root), "--labels", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["shard", "mimic-cxr-lt", "--images", str(mimic.root), "--labels", str(bad), "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "column 'Mass': label values must be 1, 0, -1 or blank; got line 2 = '2'" in capsys.readouterr().err
     assert main(["shard", "nih", "--out", str(tmp_path / "y")]) == 2
     assert "needs --table" in capsys.readouterr().err

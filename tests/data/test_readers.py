@@ -99,11 +99,15 @@ def test_repeat_factors_oversample_tail_classes(starter_shards):
     rng = np.random.default_rng(0)
     labels = np.zeros(len(index.classes), dtype=np.float32)
     labels[hernia] = 1.0
-    assert np.mean([sample_repeats(labels, factors, rng) for _ in range(2000)]) == pytest.approx(factors[hernia], rel=0.05)
+    assert np.mean([sample_repeats(labels, factors, rng) for _ in range(2000)]) == pytest.approx(
+        factors[hernia], rel=0.05
+    )
 
     config = ReaderConfig(batch_size=16, shuffle_buffer=64, steps_per_epoch=12, transform=TINY)
     plain = TrainReader(starter_shards, config, rank=0, world_size=1)
-    resampled = TrainReader(starter_shards, ReaderConfig(**{**config.__dict__, "repeat_threshold": 0.2}), rank=0, world_size=1)
+    resampled = TrainReader(
+        starter_shards, ReaderConfig(**{**config.__dict__, "repeat_threshold": 0.2}), rank=0, world_size=1
+    )
 
     def hernia_share(reader):
         labels = torch.cat([b["labels"] for b in reader])
@@ -113,10 +117,12 @@ def test_repeat_factors_oversample_tail_classes(starter_shards):
 
 
 def test_synthetic_samples_mixed_at_ratio(starter_shards, tmp_path):
-    from cxrlt.data.shardset import read_index, write_index
+    import io
 
     # a synthetic set: the dev shards re-flagged synthetic, indexed as that set's train split
-    import tarfile, io  # noqa: E401
+    import tarfile
+
+    from cxrlt.data.shardset import read_index, write_index
 
     index = read_index(starter_shards)
     entry = index.shards_for("dev")[0]

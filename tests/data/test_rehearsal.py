@@ -30,15 +30,53 @@ LABEL_FILES = {
     "development_task3.csv": IDS,
     "test_labeled_task1.csv": TASK1,
 }
-METADATA = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-            "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
-            "PatientOrientationCodeSequence_CodeMeaning"]  # fmt: skip
-EDSTAYS = ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "gender", "race", "arrival_transport",
-           "disposition"]  # fmt: skip
-TRIAGE = ["subject_id", "stay_id", "temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp", "pain", "acuity",
-          "chiefcomplaint"]  # fmt: skip
-NIH_TABLE = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-             "View Position"]  # fmt: skip
+METADATA = [
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+]
+EDSTAYS = [
+    "subject_id",
+    "hadm_id",
+    "stay_id",
+    "intime",
+    "outtime",
+    "gender",
+    "race",
+    "arrival_transport",
+    "disposition",
+]
+TRIAGE = [
+    "subject_id",
+    "stay_id",
+    "temperature",
+    "heartrate",
+    "resprate",
+    "o2sat",
+    "sbp",
+    "dbp",
+    "pain",
+    "acuity",
+    "chiefcomplaint",
+]
+NIH_TABLE = [
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+]
 
 
 def _make(out: Path, *extra: str) -> int:
@@ -136,11 +174,28 @@ def test_studies_splits_and_labels(tree, labels):
 
 def test_shard_mimic_reads_tree_with_context(tree, tmp_path, read_back):
     jpg, ed, lt = tree / "mimic-cxr-jpg" / "2.0.0", tree / "mimic-iv-ed" / "2.2" / "ed", tree / "cxr-lt-2024"
-    base = ["shard", "mimic-cxr-lt", "--images", str(jpg), "--labels", str(lt / "train_labeled.csv"),
-            "--labels", str(lt / "development_labeled_task1.csv"), "--labels", str(lt / "test_labeled_task1.csv"),
-            "--metadata", str(jpg / "mimic-cxr-2.0.0-metadata.csv.gz"), "--reports", str(tree / "mimic-cxr" / "2.0.0"),
-            "--ed-stays", str(ed / "edstays.csv.gz"), "--ed-triage", str(ed / "triage.csv.gz"),
-            "--max-size", "32"]  # fmt: skip
+    base = [
+        "shard",
+        "mimic-cxr-lt",
+        "--images",
+        str(jpg),
+        "--labels",
+        str(lt / "train_labeled.csv"),
+        "--labels",
+        str(lt / "development_labeled_task1.csv"),
+        "--labels",
+        str(lt / "test_labeled_task1.csv"),
+        "--metadata",
+        str(jpg / "mimic-cxr-2.0.0-metadata.csv.gz"),
+        "--reports",
+        str(tree / "mimic-cxr" / "2.0.0"),
+        "--ed-stays",
+        str(ed / "edstays.csv.gz"),
+        "--ed-triage",
+        str(ed / "triage.csv.gz"),
+        "--max-size",
+        "32",
+    ]
     manifest = json.loads((tree / "manifest.json").read_text())
     assert main([*base, "--out", str(tmp_path / "image")]) == 0
     index = json.loads((tmp_path / "image" / "_index.json").read_text())
@@ -159,8 +214,20 @@ def test_shard_mimic_reads_tree_with_context(tree, tmp_path, read_back):
 
 def test_shard_nih_external_knows_only_nih_classes(tree, tmp_path, read_back):
     nih = tree / "nih-external"
-    argv = ["shard", "nih", "--table", str(nih / "Data_Entry_2017_v2020.csv"), "--images", str(nih / "images"),
-            "--schema", "cxr-lt-2024-task1", "--out", str(tmp_path / "nih"), "--max-size", "32"]  # fmt: skip
+    argv = [
+        "shard",
+        "nih",
+        "--table",
+        str(nih / "Data_Entry_2017_v2020.csv"),
+        "--images",
+        str(nih / "images"),
+        "--schema",
+        "cxr-lt-2024-task1",
+        "--out",
+        str(tmp_path / "nih"),
+        "--max-size",
+        "32",
+    ]
     assert main(argv) == 0
     items = read_back(tmp_path / "nih")
     assert len(items) == 24
@@ -194,7 +261,7 @@ def test_deterministic_reused_and_options_checked(tree, tmp_path, capsys):
 
 
 def test_partial_output_never_looks_complete(tmp_path, monkeypatch, capsys):
-    import cxrlt.data.rehearsal as rehearsal
+    from cxrlt.data import rehearsal
 
     def fail(*args, **kwargs):
         raise RuntimeError("killed mid-way")

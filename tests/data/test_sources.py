@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cxrlt.data.build import BuildOptions, build_shards
-from cxrlt.data.shardset import read_index
 from cxrlt.data.sources.chexpert import read_chexpert
 from cxrlt.data.sources.csvfolder import CsvColumns, read_csv_folder
 from cxrlt.data.sources.nih import read_nih
@@ -70,8 +69,13 @@ def test_chexpert_uncertain_policy(chexpert, tmp_path, read_back, policy, expect
 
 def test_chexpert_study_level_groups_views(chexpert, tmp_path, read_back):
     table_path, root, frame = chexpert
-    index = build_shards(read_chexpert(table_path, root, CHEXPERT_14), CHEXPERT_14, tmp_path,
-                         BuildOptions(level="study", split_by="none"), SMALL)  # fmt: skip
+    index = build_shards(
+        read_chexpert(table_path, root, CHEXPERT_14),
+        CHEXPERT_14,
+        tmp_path,
+        BuildOptions(level="study", split_by="none"),
+        SMALL,
+    )
     studies = frame["Path"].str.extract(r"(patient\d+)/(study\d+)").agg("_".join, axis=1)
     assert index.level == "study" and index.num_samples == studies.nunique()
     items = read_back(tmp_path, level="study", max_views=3)
@@ -85,8 +89,13 @@ def test_chexpert_study_level_groups_views(chexpert, tmp_path, read_back):
 
 def test_padchest_labels_by_name_from_16_bit_pngs(padchest, tmp_path, read_back):
     table_path, images, frame = padchest
-    index = build_shards(read_padchest(table_path, images, CXR_LT_2024_ALL), CXR_LT_2024_ALL, tmp_path,
-                         BuildOptions(split_by="none"), SMALL)  # fmt: skip
+    index = build_shards(
+        read_padchest(table_path, images, CXR_LT_2024_ALL),
+        CXR_LT_2024_ALL,
+        tmp_path,
+        BuildOptions(split_by="none"),
+        SMALL,
+    )
     assert index.num_samples == len(frame) and index.num_skipped == 0
     items = {item["id"]: item for item in read_back(tmp_path)}
     row = frame.index[frame["Labels"].str.contains("'pleural effusion'")][0]
@@ -114,15 +123,18 @@ def test_csv_folder_with_column_map_and_bad_label_value(tmp_path, read_back, mak
     table.write_text("\n".join(rows) + "\n")
     columns = CsvColumns(path="file", patient_id="pid", split="split")
     target = get_schema("cxr-lt-2024-task2")
-    index = build_shards(read_csv_folder(table, tmp_path / "img", target, columns), target, tmp_path / "out",
-                         BuildOptions(), SMALL)  # fmt: skip
+    index = build_shards(
+        read_csv_folder(table, tmp_path / "img", target, columns), target, tmp_path / "out", BuildOptions(), SMALL
+    )
     assert index.splits == {"train": 4, "dev": 2}
     items = {item["id"]: dict(zip(target.classes, item["labels"].tolist())) for item in read_back(tmp_path / "out")}
     assert items["x1"]["Pneumothorax"] == 1.0 and items["x1"]["Mass"] == -1.0 and items["x0"]["Mass"] == -1.0
     assert items["x0"]["Edema"] == -1.0  # not a column: unknown
     bad = tmp_path / "bad.csv"
     bad.write_text(table.read_text().replace("x3.png,P1,train,1,-1", "x3.png,P1,train,yes,-1"))
-    with pytest.raises(InputError, match=r"bad.csv: column 'Pneumothorax': label values must be 1, 0, -1 or blank; got line 5 = 'yes'"):
+    with pytest.raises(
+        InputError, match=r"bad.csv: column 'Pneumothorax': label values must be 1, 0, -1 or blank; got line 5 = 'yes'"
+    ):
         read_csv_folder(bad, tmp_path / "img", target, columns)
 
 
@@ -133,6 +145,9 @@ def test_csv_folder_places_every_label_column_or_refuses(tmp_path):
     records = read_csv_folder(table, tmp_path, target, CsvColumns()).records  # NIH's own spelling
     labels = {c: [r.labels[target.index(c)] for r in records] for c in ("Effusion", "Pleural_Thickening", "Hernia")}
     assert labels == {"Effusion": [1.0, 0.0], "Pleural_Thickening": [0.0, 1.0], "Hernia": [1.0, 0.0]}
-    with pytest.raises(InputError, match=r"nih.csv: label column\(s\) 'Effusion', 'Pleural_Thickening' match no "
-                                         r"class of 'nih-14' under naming 'cxr-lt'.*--columns naming="):
+    with pytest.raises(
+        InputError,
+        match=r"nih.csv: label column\(s\) 'Effusion', 'Pleural_Thickening' match no "
+        r"class of 'nih-14' under naming 'cxr-lt'.*--columns naming=",
+    ):
         read_csv_folder(table, tmp_path, target, CsvColumns(naming="cxr-lt"))

@@ -35,8 +35,9 @@ class InterruptAfter:
 def _shard(chexpert, out, workers=1, loader=None, seed=0):
     table_path, root, _ = chexpert
     options = WriterOptions(max_size=40, samples_per_shard=6, workers=workers)
-    return build_shards(read_chexpert(table_path, root, CHEXPERT_14), CHEXPERT_14, out, BuildOptions(seed=seed),
-                        options, loader)  # fmt: skip
+    return build_shards(
+        read_chexpert(table_path, root, CHEXPERT_14), CHEXPERT_14, out, BuildOptions(seed=seed), options, loader
+    )
 
 
 def test_same_input_gives_identical_shards_with_any_worker_count(chexpert, tmp_path):

@@ -34,16 +34,43 @@ def built(tmp_path_factory):
         f'folds = 3\ntracking_uri = "sqlite:///{root}/mlruns.db"\nviews = ["none", "mean", "frontal", "learned"]\n'
         '[search]\nsamples = 4\ncombiners = ["mean_prob", "mean_logit", "greedy", "weighted", "stacking"]\n'
     )
-    run = cxrlt("ensemble", "build", "--predictions", *dev_paths, "--labels", dev_labels, "--config", config,
-                "--out", root / "build")  # fmt: skip
+    run = cxrlt(
+        "ensemble",
+        "build",
+        "--predictions",
+        *dev_paths,
+        "--labels",
+        dev_labels,
+        "--config",
+        config,
+        "--out",
+        root / "build",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     applied = root / "ensemble.test.csv"
-    run_apply = cxrlt("ensemble", "apply", "--recipe", root / "build" / "recipe.json", "--predictions", *test_paths,
-                      "--views", test_labels, "--out", applied)  # fmt: skip
+    run_apply = cxrlt(
+        "ensemble",
+        "apply",
+        "--recipe",
+        root / "build" / "recipe.json",
+        "--predictions",
+        *test_paths,
+        "--views",
+        test_labels,
+        "--out",
+        applied,
+    )
     assert run_apply.returncode == 0, run_apply.stdout + run_apply.stderr
     recipe = json.loads((root / "build" / "recipe.json").read_text())
-    return {"root": root, "recipe": recipe, "test": test, "applied": applied, "test_paths": test_paths,
-            "test_labels": test_labels, "stdout": run.stdout}  # fmt: skip
+    return {
+        "root": root,
+        "recipe": recipe,
+        "test": test,
+        "applied": applied,
+        "test_paths": test_paths,
+        "test_labels": test_labels,
+        "stdout": run.stdout,
+    }
 
 
 def test_search_beats_the_mean_and_its_out_of_fold_score_is_not_optimistic(built):
@@ -52,8 +79,10 @@ def test_search_beats_the_mean_and_its_out_of_fold_score_is_not_optimistic(built
     held_out = objective(read_predictions(built["applied"]).probs)
     mean_held_out = objective(make_combiner("mean_prob").predict(test.probs))
     best_single_held_out = max(objective(p) for p in test.probs)
-    print(f"held-out: searched {held_out:.4f}, mean {mean_held_out:.4f}, best single {best_single_held_out:.4f}; "
-          f"out-of-fold {scores['oof_final']:.4f}, in-sample {scores['fitted_combiner_in_sample']:.4f}")  # fmt: skip
+    print(
+        f"held-out: searched {held_out:.4f}, mean {mean_held_out:.4f}, best single {best_single_held_out:.4f}; "
+        f"out-of-fold {scores['oof_final']:.4f}, in-sample {scores['fitted_combiner_in_sample']:.4f}"
+    )
     assert scores["oof_combiner"] > scores["mean_prob"] + 0.01
     assert held_out > mean_held_out + 0.01 and held_out > best_single_held_out
     assert scores["oof_final"] <= held_out + 0.02  # not optimistic, within split-to-split noise
@@ -77,13 +106,33 @@ def test_build_is_an_mlflow_run_with_members_and_trials_as_children(built):
 
 def test_submission_round_trips_through_the_validator(built):
     out = built["root"] / "submission.zip"
-    run = cxrlt("submit", "write", "--task", "t2", "--ids", built["test_labels"], "--predictions", built["applied"],
-                "--out", out)  # fmt: skip
+    run = cxrlt(
+        "submit",
+        "write",
+        "--task",
+        "t2",
+        "--ids",
+        built["test_labels"],
+        "--predictions",
+        built["applied"],
+        "--out",
+        out,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     validated = cxrlt("submit", "validate", "--task", "t2", "--ids", built["test_labels"], out)
     assert validated.returncode == 0, validated.stdout
-    wrong_task = cxrlt("submit", "write", "--task", "t1", "--ids", built["test_labels"], "--predictions",
-                       built["applied"], "--out", built["root"] / "t1.zip")  # fmt: skip
+    wrong_task = cxrlt(
+        "submit",
+        "write",
+        "--task",
+        "t1",
+        "--ids",
+        built["test_labels"],
+        "--predictions",
+        built["applied"],
+        "--out",
+        built["root"] / "t1.zip",
+    )
     assert wrong_task.returncode == 2 and "no column for task t1 class(es)" in wrong_task.stderr
     assert not (built["root"] / "t1.zip").exists()
 
@@ -98,7 +147,15 @@ def test_report_writes_html_and_plots(built):
 
 
 def test_apply_refuses_predictions_that_do_not_match_the_recipe(built):
-    run = cxrlt("ensemble", "apply", "--recipe", built["root"] / "build" / "recipe.json",
-                "--predictions", *built["test_paths"][:-1], "--out", built["root"] / "x.csv")  # fmt: skip
+    run = cxrlt(
+        "ensemble",
+        "apply",
+        "--recipe",
+        built["root"] / "build" / "recipe.json",
+        "--predictions",
+        *built["test_paths"][:-1],
+        "--out",
+        built["root"] / "x.csv",
+    )
     assert run.returncode == 2
     assert "missing models ['member04']" in run.stderr

@@ -51,7 +51,9 @@ def test_greedy_beats_the_mean_in_sample_and_mean_logit_differs_from_mean_prob(s
     mean = objective(make_combiner("mean_prob").predict(sim.probs))
     greedy = make_combiner("greedy", {"iterations": 15, "bags": 3, "bag_fraction": 0.6}).fit(sim.probs, objective)
     assert objective(greedy.predict(sim.probs)) > mean
-    assert not np.allclose(make_combiner("mean_logit").predict(sim.probs), make_combiner("mean_prob").predict(sim.probs))
+    assert not np.allclose(
+        make_combiner("mean_logit").predict(sim.probs), make_combiner("mean_prob").predict(sim.probs)
+    )
 
 
 def test_unknown_combiner_and_setting_are_named():

@@ -67,8 +67,15 @@ def data(tmp_path_factory):
     )
     recipe_path = recipe.write(root / "recipe.json")
     ensemble = apply_recipe(recipe_path, members, root / "ensemble.csv")
-    return {"root": root, "labels": labels, "label_path": label_path, "members": members,
-            "ensemble": ensemble, "recipe": recipe_path, "weights": weights}  # fmt: skip
+    return {
+        "root": root,
+        "labels": labels,
+        "label_path": label_path,
+        "members": members,
+        "ensemble": ensemble,
+        "recipe": recipe_path,
+        "weights": weights,
+    }
 
 
 def test_perfect_member_scores_one_and_the_baseline_is_the_mean_prevalence(data, tmp_path):
@@ -164,9 +171,24 @@ def test_cli_writes_a_page_whose_images_all_exist_with_the_recipe_weights(data, 
     grid = tmp_path / "grid.png"
     plt.imsave(grid, np.random.default_rng(0).random((16, 16)))
     out = tmp_path / "report"
-    run = cxrlt("ensemble", "compare", "--members", *data["members"], "--ensemble", data["ensemble"],
-                "--labels", data["label_path"], "--recipe", data["recipe"], "--image", f"Synthetic samples={grid}",
-                "--title", "Held-out <test>", "--out", out)  # fmt: skip
+    run = cxrlt(
+        "ensemble",
+        "compare",
+        "--members",
+        *data["members"],
+        "--ensemble",
+        data["ensemble"],
+        "--labels",
+        data["label_path"],
+        "--recipe",
+        data["recipe"],
+        "--image",
+        f"Synthetic samples={grid}",
+        "--title",
+        "Held-out <test>",
+        "--out",
+        out,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "prevalence baseline" in run.stdout and "ensemble" in run.stdout
     assert f"wrote {out / 'index.html'}" in run.stdout
@@ -179,6 +201,16 @@ def test_cli_writes_a_page_whose_images_all_exist_with_the_recipe_weights(data, 
     assert (out / images[-1]).read_bytes() == grid.read_bytes() and "<h2>Synthetic samples</h2>" in page
     assert "Ensemble weights (weighted)" in page
 
-    bad = cxrlt("ensemble", "compare", "--members", data["members"][0], "--labels", data["label_path"],
-                "--image", "no-title-here", "--out", tmp_path / "bad")  # fmt: skip
+    bad = cxrlt(
+        "ensemble",
+        "compare",
+        "--members",
+        data["members"][0],
+        "--labels",
+        data["label_path"],
+        "--image",
+        "no-title-here",
+        "--out",
+        tmp_path / "bad",
+    )
     assert bad.returncode == 2 and "expected TITLE=PATH" in bad.stderr

@@ -13,8 +13,15 @@ CLASSES = ("Atelectasis", "Cardiomegaly", "Edema")
 
 def write(tmp_path, suffix=".csv", probs=None):
     probs = np.random.default_rng(0).random((4, 3)).astype(np.float32) if probs is None else probs
-    meta = PredictionMeta(classes=CLASSES, schema="cxr-lt-2024-task1", split="dev", model="m1", tta="hflip",
-                          mlflow_run_id="abc", config_hash="123")  # fmt: skip
+    meta = PredictionMeta(
+        classes=CLASSES,
+        schema="cxr-lt-2024-task1",
+        split="dev",
+        model="m1",
+        tta="hflip",
+        mlflow_run_id="abc",
+        config_hash="123",
+    )
     path = write_predictions(tmp_path / f"m1.dev{suffix}", ["a", "b", "c", "d"], ["s1", "s1", "s2", "s3"], probs, meta)
     return path, probs
 

@@ -16,8 +16,15 @@ N = 8
 
 
 def _meta(model: str, checkpoint: str, tta: str = "none", config_hash: str | None = None) -> PredictionMeta:
-    return PredictionMeta(classes=CLASSES, schema="nih-14", split="test", model=model,
-                          config_hash=config_hash or f"hash-{checkpoint}", checkpoint=checkpoint, tta=tta)  # fmt: skip
+    return PredictionMeta(
+        classes=CLASSES,
+        schema="nih-14",
+        split="test",
+        model=model,
+        config_hash=config_hash or f"hash-{checkpoint}",
+        checkpoint=checkpoint,
+        tta=tta,
+    )
 
 
 def _write(folder, file_name: str, meta: PredictionMeta, seed: int):
@@ -60,8 +67,10 @@ def test_files_of_the_recorded_members_apply(fitted):
 def test_a_file_from_another_checkpoint_under_a_members_name_is_refused(fitted):
     root, recipe, a, b = fitted
     # The convnext member's file actually holds predictions of another checkpoint.
-    files = [_write(root, "a.csv", _meta("convnext", "/ckpt/other.pt", config_hash=a.config_hash), 0),
-             _write(root, "b.csv", b, 1)]  # fmt: skip
+    files = [
+        _write(root, "a.csv", _meta("convnext", "/ckpt/other.pt", config_hash=a.config_hash), 0),
+        _write(root, "b.csv", b, 1),
+    ]
     with pytest.raises(InputError, match=r"a\.csv.*'convnext'.*checkpoint"):
         apply_recipe(recipe, files, root / "ens.csv")
 
@@ -78,8 +87,10 @@ def test_other_tta_or_config_is_refused_naming_the_field(fitted):
 
 def test_a_recipe_without_recorded_provenance_still_applies(tmp_path):
     recipe = _recipe(tmp_path, [{"model": "convnext"}, {"model": "efficientnet"}])
-    files = [_write(tmp_path, "a.csv", _meta("convnext", "/x.pt"), 0),
-             _write(tmp_path, "b.csv", _meta("efficientnet", "/y.pt"), 1)]  # fmt: skip
+    files = [
+        _write(tmp_path, "a.csv", _meta("convnext", "/x.pt"), 0),
+        _write(tmp_path, "b.csv", _meta("efficientnet", "/y.pt"), 1),
+    ]
     assert apply_recipe(recipe, files, tmp_path / "ens.csv").is_file()
 
 
@@ -88,8 +99,10 @@ def test_a_relative_checkpoint_matches_the_same_file_resolved(tmp_path):
     a = _meta("convnext", "runs/a/best.pt", config_hash="h1")
     b = _meta("efficientnet", "runs/b/best.pt", config_hash="h2")
     recipe = _recipe(tmp_path, [member_record(a), member_record(b)])
-    files = [_write(tmp_path, "a.csv", _meta("convnext", "/work/runs/a/best.pt", config_hash="h1"), 0),
-             _write(tmp_path, "b.csv", _meta("efficientnet", "/work/runs/b/best.pt", config_hash="h2"), 1)]  # fmt: skip
+    files = [
+        _write(tmp_path, "a.csv", _meta("convnext", "/work/runs/a/best.pt", config_hash="h1"), 0),
+        _write(tmp_path, "b.csv", _meta("efficientnet", "/work/runs/b/best.pt", config_hash="h2"), 1),
+    ]
     assert apply_recipe(recipe, files, tmp_path / "ens.csv").is_file()
     swapped = [_write(tmp_path, "a.csv", _meta("convnext", "/work/runs/b/best.pt", config_hash="h1"), 0), files[1]]
     with pytest.raises(InputError, match="checkpoint"):

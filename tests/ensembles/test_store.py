@@ -27,8 +27,13 @@ def rewrite(path, *, order=None, classes=None, **meta_changes):
     classes = loaded.meta.classes if classes is None else classes
     columns = [loaded.meta.classes.index(c) for c in classes]
     fields = {**loaded.meta.__dict__, "classes": tuple(classes), **meta_changes}
-    write_predictions(path, loaded.image_ids[order], loaded.study_ids[order], loaded.probs[order][:, columns],
-                      PredictionMeta(**fields))  # fmt: skip
+    write_predictions(
+        path,
+        loaded.image_ids[order],
+        loaded.study_ids[order],
+        loaded.probs[order][:, columns],
+        PredictionMeta(**fields),
+    )
 
 
 def test_rows_and_columns_are_aligned_by_id_and_name(members):

@@ -41,16 +41,22 @@ def test_compare_scores_a_tasks_classes_on_the_images_its_labels_list(tmp_path):
     t2_columns = [T1.index(c) for c in T2]
     # Alphabetical columns, as the real development_labeled_task2.csv; the task's classes are matched by name.
     order = sorted(T2)
-    labels = _label_csv(tmp_path / "gold.csv", [IDS[i] for i in gold], order, truth[np.ix_(gold, [T1.index(c) for c in order])])
+    labels = _label_csv(
+        tmp_path / "gold.csv", [IDS[i] for i in gold], order, truth[np.ix_(gold, [T1.index(c) for c in order])]
+    )
     out = tmp_path / "report"
     run = cxrlt("ensemble", "compare", "--task", "t2", "--members", perfect, "--labels", labels, "--out", out)
     assert run.returncode == 0, run.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == gold.size and set(metrics["classes_scored"]) <= set(T2)
-    assert len(metrics["classes_scored"]) == sum(truth[np.ix_(gold, t2_columns)].any(0) & ~truth[np.ix_(gold, t2_columns)].all(0))
+    assert len(metrics["classes_scored"]) == sum(
+        truth[np.ix_(gold, t2_columns)].any(0) & ~truth[np.ix_(gold, t2_columns)].all(0)
+    )
     assert metrics["models"]["perfect"]["mAP"] == pytest.approx(1.0)
     # Without --task the label CSV must hold every predicted image and class: it does not.
-    assert cxrlt("ensemble", "compare", "--members", perfect, "--labels", labels, "--out", tmp_path / "r2").returncode == 2
+    assert (
+        cxrlt("ensemble", "compare", "--members", perfect, "--labels", labels, "--out", tmp_path / "r2").returncode == 2
+    )
 
 
 def test_a_submission_from_several_files_is_their_per_class_mean(tmp_path):

@@ -40,8 +40,10 @@ def test_learned_aggregation_picks_max_where_one_view_carries_the_finding():
     agg = ViewAggregator("learned").fit(probs, Studies.of(studies), np.array([""] * 600), objective)
     assert agg.alpha[0] >= 0.75
     restored = ViewAggregator.from_state(agg.state())
-    np.testing.assert_allclose(restored.predict(probs, Studies.of(studies), np.array([""] * 600)),
-                               agg.predict(probs, Studies.of(studies), np.array([""] * 600)))  # fmt: skip
+    np.testing.assert_allclose(
+        restored.predict(probs, Studies.of(studies), np.array([""] * 600)),
+        agg.predict(probs, Studies.of(studies), np.array([""] * 600)),
+    )
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
@@ -57,8 +59,9 @@ def test_calibration_lowers_ece_of_overconfident_scores(method):
     after_ece = class_metrics(labels[2000:], after).ece.mean()
     assert after_ece < 0.5 * before_ece
     if method == "temperature":  # a monotone map per class keeps AP (up to float32 rounding ties)
-        np.testing.assert_allclose(class_metrics(labels[2000:], after).ap,
-                                   class_metrics(labels[2000:], overconfident[2000:]).ap, rtol=1e-4)  # float32 ties
+        np.testing.assert_allclose(
+            class_metrics(labels[2000:], after).ap, class_metrics(labels[2000:], overconfident[2000:]).ap, rtol=1e-4
+        )  # float32 ties
 
 
 def test_folds_never_split_a_patient_and_oof_never_sees_its_own_rows():

@@ -14,8 +14,11 @@ def test_model_config_round_trips_through_toml_and_overrides(tmp_path):
     overrides = ["backbone.name=efficientnetv2_s", "study.context.vitals=text", "head.num_groups=20"]
     cfg = load_config(ModelConfig, path, overrides)
     assert (cfg.kind, cfg.backbone.name, cfg.study.context.vitals, cfg.head.num_groups) == (
-        "study", "efficientnetv2_s", "text", 20,
-    )  # fmt: skip
+        "study",
+        "efficientnetv2_s",
+        "text",
+        20,
+    )
     assert load_config(ModelConfig, path) == ModelConfig(kind="study")
     assert "[study.context]" in to_toml(cfg)
 

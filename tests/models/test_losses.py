@@ -13,8 +13,15 @@ from cxrlt.models import LOSSES, LossConfig, build_loss, schema_counts
 
 COUNTS = [500, 40, 3, 120, 9, 700, 60]
 TOTAL = 1000
-CFG = LossConfig(pos_weight_power=0.7, class_weight_power=0.5, focal_gamma=1.5, focal_alpha=0.3,
-                 gamma_neg=3.0, gamma_pos=0.5, clip=0.07)  # fmt: skip
+CFG = LossConfig(
+    pos_weight_power=0.7,
+    class_weight_power=0.5,
+    focal_gamma=1.5,
+    focal_alpha=0.3,
+    gamma_neg=3.0,
+    gamma_pos=0.5,
+    clip=0.07,
+)
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

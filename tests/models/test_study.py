@@ -82,8 +82,14 @@ def test_changing_one_study_never_changes_another(model):
     changed_images[1] = torch.randn_like(images[1])
     changed_types = types.clone()
     changed_types[1] = (types[1] + 1) % 3
-    out = _run(model, changed_images, padding, changed_types, [indication[0], "new text", indication[2]],
-               [vitals[0], {"sbp": 90}, vitals[2]])  # fmt: skip
+    out = _run(
+        model,
+        changed_images,
+        padding,
+        changed_types,
+        [indication[0], "new text", indication[2]],
+        [vitals[0], {"sbp": 90}, vitals[2]],
+    )
     torch.testing.assert_close(out[[0, 2]], reference[[0, 2]], atol=1e-6, rtol=0)
     assert not torch.allclose(out[1], reference[1])
 

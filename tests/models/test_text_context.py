@@ -9,9 +9,14 @@ import torch
 
 from cxrlt.errors import InputError
 from cxrlt.models import (
-    ModelConfig, TextEncoder, TextEncoderConfig, build_model, class_text_embeddings, default_text_encoder_path,
+    ModelConfig,
+    TextEncoder,
+    TextEncoderConfig,
+    build_model,
+    class_text_embeddings,
+    default_text_encoder_path,
     view_type_index,
-)  # fmt: skip
+)
 from cxrlt.models.vitals import VITALS, vitals_tensor, vitals_text
 
 SENTENCES = ["Shortness of breath, evaluate for pneumonia.", "Line placement.", "Pleural effusion"]
@@ -68,9 +73,20 @@ def test_vitals_tensor_standardises_and_masks():
 
 @pytest.mark.parametrize(
     ("view", "expected"),
-    [("PA", 0), ("AP", 0), ("ap axial", 0), ("Frontal", 0), ("LATERAL", 1), ("LL", 1), ("Lateral", 1),
-     ("LAO", 2), ("SWIMMERS", 2), ("", 2), (None, 2)],
-)  # fmt: skip
+    [
+        ("PA", 0),
+        ("AP", 0),
+        ("ap axial", 0),
+        ("Frontal", 0),
+        ("LATERAL", 1),
+        ("LL", 1),
+        ("Lateral", 1),
+        ("LAO", 2),
+        ("SWIMMERS", 2),
+        ("", 2),
+        (None, 2),
+    ],
+)
 def test_view_types(view, expected):
     assert view_type_index(view) == expected
 
@@ -99,7 +115,9 @@ def test_every_context_parameter_gets_a_gradient_whatever_the_batch_holds(encode
 
     context = ClinicalContext(ContextConfig(indication=True, vitals="numeric"), 32, encoder)
     texts = {"none": [None, None], "some": ["Cough.", None], "all": ["Cough.", "Fever."]}[present]
-    vitals = {"none": [None, {}], "some": [{"heartrate": 90.0}, None], "all": [{"heartrate": 90.0}, {"o2sat": 95.0}]}[present]
+    vitals = {"none": [None, {}], "some": [{"heartrate": 90.0}, None], "all": [{"heartrate": 90.0}, {"o2sat": 95.0}]}[
+        present
+    ]
     context(2, texts, vitals).sum().backward()
     missing = [name for name, p in context.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing

@@ -51,7 +51,9 @@ def test_every_member_config_loads_as_a_training_config(config: str) -> None:
     assert [s.name for s in trains] == [f"train-{m.name}" for m in cfg.members if not m.synthetic] + [
         f"train-{m.name}" for m in cfg.members if m.synthetic
     ]
-    for step, member in zip(trains, [m for m in cfg.members if not m.synthetic] + [m for m in cfg.members if m.synthetic]):
+    for step, member in zip(
+        trains, [m for m in cfg.members if not m.synthetic] + [m for m in cfg.members if m.synthetic]
+    ):
         train = load_config(TrainConfig, ROOT / cfg.train.config, _sets(step.argv))
         assert train.resolutions == member.resolutions
         assert step.heavy and step.resume and step.argv[-2:] == ("--nproc", str(cfg.train.nproc))
@@ -65,7 +67,10 @@ def test_demo_plan_trains_three_architectures_at_two_sizes_and_a_synthetic_membe
     for name in ("convnext", "effnetv2", "vit"):
         assert _override(steps[f"train-{name}"].argv, "resolutions") == "[64, 96]"
         # the tuned loss: members start from the tune step's best trial
-        assert steps[f"train-{name}"].argv[1] == str(cfg.out_dir / "tune" / "best.toml") and "tune" in steps[f"train-{name}"].after
+        assert (
+            steps[f"train-{name}"].argv[1] == str(cfg.out_dir / "tune" / "best.toml")
+            and "tune" in steps[f"train-{name}"].after
+        )
     synth_member = steps["train-convnext-synth"]
     assert "synth-sample" in synth_member.after
     assert _override(synth_member.argv, "data.synthetic") == str(cfg.out_dir / "synth" / "synthetic")
@@ -91,10 +96,12 @@ def test_study_and_student_members_start_from_an_earlier_member() -> None:
     ("override", "message"),
     [
         ("pipeline.synth.filter_member=vit-128", "filter_member = 'vit-128'"),
-        ('pipeline.members=[{name="a", resolutions=[64], init_from="b-64"}, {name="b", resolutions=[64]}]',
-         "init_from = 'b-64' is not a run of an earlier member"),
+        (
+            'pipeline.members=[{name="a", resolutions=[64], init_from="b-64"}, {name="b", resolutions=[64]}]',
+            "init_from = 'b-64' is not a run of an earlier member",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_reference_to_an_unknown_or_later_member_is_refused(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_plan(load_pipeline(ROOT / "configs/demo.toml", [override]))
@@ -109,11 +116,15 @@ def test_a_synthetic_member_without_a_synth_step_is_refused(tmp_path: Path) -> N
 
 
 def test_the_rehearsal_runs_the_real_recipes_steps_with_only_sizes_and_paths_changed() -> None:
-    real, rehearsal = (make_plan(load_pipeline(ROOT / c)) for c in ("configs/mimic-cxr-lt-2024.toml", "configs/rehearsal.toml"))
+    real, rehearsal = (
+        make_plan(load_pipeline(ROOT / c)) for c in ("configs/mimic-cxr-lt-2024.toml", "configs/rehearsal.toml")
+    )
+
     def shape(steps: list) -> list[tuple[str, tuple[str, ...]]]:
         # Step names and dependencies carry the members' sizes (NAME-SIZE); compare them without sizes.
         strip = lambda name: "-".join(p for p in name.split("-") if not p.isdigit())  # noqa: E731
         return {(strip(s.name), tuple(sorted({strip(a) for a in s.after}))) for s in steps}
+
     # The one addition: the rehearsal has an answer key for Task 3, so it also scores that submission.
     assert shape(real) <= shape(rehearsal) and {n for n, _ in shape(rehearsal) - shape(real)} == {"report-t3"}
     commands = {s.name.split("-")[0] for s in rehearsal}
@@ -133,7 +144,9 @@ def test_every_task_has_its_submission_and_the_ensemble_gets_the_views() -> None
     scored = steps["predict-textquery-convnext-s-64-dev-t3"].argv
     assert scored[scored.index("--classes") + 1] == "Bulla,Cardiomyopathy,Hilum,Osteopenia,Scoliosis"
     assert "model.head.text_queries=true" in _sets(steps["train-textquery-convnext-s"].argv)
-    assert steps["submit-t2"].argv[steps["submit-t2"].argv.index("--predictions") + 1] == str(cfg.out_dir / "ensemble" / "dev.csv")
+    assert steps["submit-t2"].argv[steps["submit-t2"].argv.index("--predictions") + 1] == str(
+        cfg.out_dir / "ensemble" / "dev.csv"
+    )
     # Task 2 is scored on its gold subset, Task 3 on the rehearsal's answer key.
     assert "development_labeled_task2.csv" in steps["report-t2"].argv[steps["report-t2"].argv.index("--labels") + 1]
     assert steps["report-t3"].argv[steps["report-t3"].argv.index("--task") + 1] == "t3"
@@ -161,7 +174,12 @@ set = ["data.batch_size=4"]
 ''')
     cfg = load_pipeline(child)
     vit = next(m for m in cfg.members if m.name == "vit")
-    assert cfg.out_dir == Path("elsewhere") and [m.name for m in cfg.members] == ["convnext", "effnetv2", "vit", "convnext-synth"]
+    assert cfg.out_dir == Path("elsewhere") and [m.name for m in cfg.members] == [
+        "convnext",
+        "effnetv2",
+        "vit",
+        "convnext-synth",
+    ]
     assert vit.resolutions == [32] and vit.set == ["model.backbone.name=vit_tiny_patch16_224", "data.batch_size=4"]
     child.write_text(child.read_text().replace('name = "vit"', 'name = "resnet"'))
     with pytest.raises(ConfigError, match=r"\['resnet'\] not in the extended file"):

@@ -22,7 +22,7 @@ from tests.cli import CXRLT
 ROOT = Path(__file__).resolve().parents[2]
 
 # Sizes only: one resolution per member, a few steps per epoch, two trials, a few diffusion steps.
-SMALLEST = f"""extends = "{ROOT / 'configs' / 'rehearsal.toml'}"
+SMALLEST = f"""extends = "{ROOT / "configs" / "rehearsal.toml"}"
 
 [pipeline.tune]
 set = ["tune.num_samples=2", "train.schedule.epochs=1", "train.data.steps_per_epoch=2"]
@@ -76,7 +76,9 @@ def test_three_submissions_validate_and_cover_every_id(rehearsal: dict) -> None:
     out, data = rehearsal["out"], rehearsal["data"] / "cxr-lt-2024"
     id_files = {"t1": "test_labeled_task1.csv", "t2": "development_labeled_task2.csv", "t3": "development_task3.csv"}
     for task, name in id_files.items():
-        checked = _run(["submit", "validate", "--task", task, "--ids", data / name, out / "submissions" / f"{task}.zip"], ROOT)
+        checked = _run(
+            ["submit", "validate", "--task", task, "--ids", data / name, out / "submissions" / f"{task}.zip"], ROOT
+        )
         assert checked.returncode == 0, checked.stdout + checked.stderr
         with zipfile.ZipFile(out / "submissions" / f"{task}.zip") as archive:
             submitted = pd.read_csv(archive.open("submission.csv"), dtype={"dicom_id": str})

@@ -25,12 +25,22 @@ from synth.sample import SampleResult, sample
 from synth.train import train
 
 TINY = (
-    "model.image_size=32", "model.unet.block_out_channels=[16, 32]", "model.unet.layers_per_block=1",
-    "model.unet.cross_attention_dim=32", "model.unet.norm_num_groups=8", "train.batch_size=8",
-    "train.checkpoint_every=4", "train.grid_steps=2", "train.log_every=1", "train.shuffle_buffer=64",
-    "train.ema.decay=0.9", "sample.tail_threshold=0.04", "sample.per_class=3", "sample.ddim_steps=3",
+    "model.image_size=32",
+    "model.unet.block_out_channels=[16, 32]",
+    "model.unet.layers_per_block=1",
+    "model.unet.cross_attention_dim=32",
+    "model.unet.norm_num_groups=8",
+    "train.batch_size=8",
+    "train.checkpoint_every=4",
+    "train.grid_steps=2",
+    "train.log_every=1",
+    "train.shuffle_buffer=64",
+    "train.ema.decay=0.9",
+    "sample.tail_threshold=0.04",
+    "sample.per_class=3",
+    "sample.ddim_steps=3",
     "sample.batch_size=4",
-)  # fmt: skip
+)
 TRAIN_STEPS = 4
 CLASSIFIER_TRANSFORM = {"size": 32, "channels": 1, "mean": 0.5, "std": 0.25}
 
@@ -79,6 +89,7 @@ def classifier(starter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sampled(make_config: MakeConfig, trained: SynthConfig, classifier: Path) -> tuple[SynthConfig, SampleResult]:
     """Candidates scored by the classifier; threshold 0 keeps them all so the set is never empty."""
-    cfg = make_config(trained.run.out_dir, f"train.steps={TRAIN_STEPS}", f"filter.classifier={classifier}",
-                      "filter.threshold=0.0")  # fmt: skip
+    cfg = make_config(
+        trained.run.out_dir, f"train.steps={TRAIN_STEPS}", f"filter.classifier={classifier}", "filter.threshold=0.0"
+    )
     return cfg, sample(cfg)

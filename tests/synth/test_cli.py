@@ -11,9 +11,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_train_sample_report_from_the_demo_config(starter: Path, classifier: Path, tmp_path: Path, capsys) -> None:
-    sets = [a for o in [*TINY, f"data.shards={starter}", f"run.out_dir={tmp_path}", "train.steps=2",
-                        f"filter.classifier={classifier}", "filter.threshold=0.0", "sample.per_class=2"]
-            for a in ("--set", o)]  # fmt: skip
+    sets = [
+        a
+        for o in [
+            *TINY,
+            f"data.shards={starter}",
+            f"run.out_dir={tmp_path}",
+            "train.steps=2",
+            f"filter.classifier={classifier}",
+            "filter.threshold=0.0",
+            "sample.per_class=2",
+        ]
+        for a in ("--set", o)
+    ]
     demo = ROOT / "configs" / "synth-demo.toml"
     assert main(["synth", "train", str(demo), *sets]) == 0
     assert main(["synth", "train", str(demo), *sets]) == 2  # a checkpoint exists: needs --resume

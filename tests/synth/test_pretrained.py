@@ -26,19 +26,45 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     specials = ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate([*chars, *(c + "</w>" for c in chars), *specials])}
     CLIPTokenizer(vocab=vocab, merges=[], model_max_length=24).save_pretrained(root / "tokenizer")
-    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, max_position_embeddings=24, bos_token_id=vocab[specials[0]],
-                          eos_token_id=vocab[specials[1]], pad_token_id=vocab[specials[1]])  # fmt: skip
+    text = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=24,
+        bos_token_id=vocab[specials[0]],
+        eos_token_id=vocab[specials[1]],
+        pad_token_id=vocab[specials[1]],
+    )
     CLIPTextModel(text).save_pretrained(root / "text_encoder")
-    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4).save_pretrained(root / "vae")  # fmt: skip
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), norm_num_groups=4,
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                         attention_head_dim=4).save_pretrained(root / "unet")  # fmt: skip
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+    ).save_pretrained(root / "vae")
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        norm_num_groups=4,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+    ).save_pretrained(root / "unet")
     # RoentGen / SD 2 style: scaled-linear betas, v-prediction.
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  prediction_type="v_prediction").save_pretrained(root / "scheduler")  # fmt: skip
+    DDPMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        prediction_type="v_prediction",
+    ).save_pretrained(root / "scheduler")
     return root
 
 

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
+from synth.config import SynthConfig
 from synth.report import discriminator_auc, write_report
 from synth.sample import SampleResult
-from synth.config import SynthConfig
 
 
 def test_report_files_and_figures(sampled: tuple[SynthConfig, SampleResult]) -> None:

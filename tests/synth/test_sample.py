@@ -65,7 +65,9 @@ def test_generation_is_seeded_and_independent_of_batching(trained: SynthConfig, 
     assert generate(candidates, model, tmp_path / "a", 3) == 0  # a rerun keeps what exists
 
 
-def test_filter_scores_are_the_classifier_probabilities(sampled: tuple[SynthConfig, SampleResult], classifier: Path) -> None:
+def test_filter_scores_are_the_classifier_probabilities(
+    sampled: tuple[SynthConfig, SampleResult], classifier: Path
+) -> None:
     cfg, result = sampled
     candidates = [replace(c) for c in result.candidates]
     saved = load_model(classifier)
@@ -102,8 +104,9 @@ def test_synthetic_shards_carry_provenance_and_the_trainer_mixes_them_in(
         assert (p["target"], p["seed"], p["guidance"], p["ddim_steps"]) == (c.target, c.seed, cfg.sample.guidance, 3)
         assert p["model"] == str(cfg.model_file) and p["label_set"] == c.positives
         assert p["filter"] == {"classifier": str(classifier), "threshold": 0.0, "score": c.filter_score}
-    reader_cfg = ReaderConfig(batch_size=16, steps_per_epoch=6, shuffle_buffer=32, synthetic_ratio=0.5,
-                              transform=TransformConfig(size=32))  # fmt: skip
+    reader_cfg = ReaderConfig(
+        batch_size=16, steps_per_epoch=6, shuffle_buffer=32, synthetic_ratio=0.5, transform=TransformConfig(size=32)
+    )
     batches = list(TrainReader(starter, reader_cfg, synthetic=cfg.synthetic_dir))
     synthetic = torch.cat([b["synthetic"] for b in batches])
     assert 0 < int(synthetic.sum()) < len(synthetic)
@@ -120,7 +123,8 @@ def test_resampling_draws_nothing_new_and_an_empty_filter_result_is_an_input_err
     cfg, result = sampled
     again = sample(cfg)
     assert again.drawn == 0 and again.index.num_samples == result.index.num_samples
-    strict = make_config(cfg.run.out_dir, f"sample.out={tmp_path}", f"filter.classifier={cfg.filter.classifier}",
-                         "filter.threshold=1.01")  # fmt: skip
+    strict = make_config(
+        cfg.run.out_dir, f"sample.out={tmp_path}", f"filter.classifier={cfg.filter.classifier}", "filter.threshold=1.01"
+    )
     with pytest.raises(InputError, match="no candidate reached"):
         sample(strict)

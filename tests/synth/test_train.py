@@ -55,16 +55,18 @@ def test_training_writes_model_grid_and_mlflow_history(trained: SynthConfig) -> 
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_extending_a_finished_run_equals_training_it_in_one_go(make_config: MakeConfig, tmp_path: Path,
-                                                                uninterrupted: Path) -> None:  # fmt: skip
+def test_extending_a_finished_run_equals_training_it_in_one_go(
+    make_config: MakeConfig, tmp_path: Path, uninterrupted: Path
+) -> None:
     # 3 steps end inside the reader's 4-step epoch, so the resumed run must replay the epoch's position.
     assert train(make_config(tmp_path, "train.steps=3")) == 0
     assert train(make_config(tmp_path, f"train.steps={LONG}"), resume=True) == 0
     assert_same_weights(tmp_path / "model.pt", uninterrupted)
 
 
-def test_stop_request_checkpoints_then_resume_equals_uninterrupted(starter: Path, make_config: MakeConfig, tmp_path: Path,
-                                                                    uninterrupted: Path) -> None:  # fmt: skip
+def test_stop_request_checkpoints_then_resume_equals_uninterrupted(
+    starter: Path, make_config: MakeConfig, tmp_path: Path, uninterrupted: Path
+) -> None:
     cfg = make_config(tmp_path, f"train.steps={LONG}")
     trainer = Trainer(cfg, starter, tmp_path, torch.device("cpu"))
     request_stop(tmp_path, "test")

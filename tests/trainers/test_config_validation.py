@@ -32,7 +32,7 @@ from trainers.config import TrainConfig
     ],
 )
 def test_bad_train_values_name_the_key(override: str, key: str) -> None:
-    table = override.split(".")[0]
+    table = override.split(".", maxsplit=1)[0]
     with pytest.raises(ConfigError) as info:
         load_config(TrainConfig, overrides=[override])
     message = str(info.value)
@@ -42,9 +42,15 @@ def test_bad_train_values_name_the_key(override: str, key: str) -> None:
 def test_good_train_values_still_load() -> None:
     cfg = load_config(
         TrainConfig,
-        overrides=["data.batch_size=1", "data.steps_per_epoch=2", "optim.lr=1e-3", "run.out_dir=runs/x",
-                   "data.repeat_threshold=0.5", "data.synthetic_ratio=0.2"],
-    )  # fmt: skip
+        overrides=[
+            "data.batch_size=1",
+            "data.steps_per_epoch=2",
+            "optim.lr=1e-3",
+            "run.out_dir=runs/x",
+            "data.repeat_threshold=0.5",
+            "data.synthetic_ratio=0.2",
+        ],
+    )
     assert cfg.data.batch_size == 1 and cfg.data.steps_per_epoch == 2
 
 

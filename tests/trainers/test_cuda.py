@@ -39,7 +39,10 @@ def test_bf16_engine_step_on_cuda_learns_and_keeps_fp32_weights(monkeypatch):
         criterion = build_loss(LossConfig(name="asl")).to(ctx.device)
         batch = {"image": torch.randn(8, 1, 64, 64), "labels": (torch.rand(8, 5) < 0.3).float()}
         before = next(engine.module.parameters()).detach().clone()
-        losses = [train_step(engine, criterion, batch, "image", ctx.device, clip=1.0 if trainer_clips(ds) else 0.0)[0].item() for _ in range(20)]
+        losses = [
+            train_step(engine, criterion, batch, "image", ctx.device, clip=1.0 if trainer_clips(ds) else 0.0)[0].item()
+            for _ in range(20)
+        ]
         assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
         weights = next(engine.module.parameters())
         assert weights.dtype == torch.float32 and not torch.equal(weights, before)

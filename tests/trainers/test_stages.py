@@ -54,20 +54,35 @@ def test_predict_gives_the_same_file_on_one_and_two_ranks(trained, starter64, tm
 def test_study_stage_starts_from_the_image_checkpoint_with_a_frozen_backbone(trained, starter64, tmp_path):
     out = tmp_path / "study"
     args = train_args(
-        starter64, out, *QUICK, "stage.name=study", "model.kind=study", f"stage.init_from={trained / 'best.pt'}",
-        "stage.freeze_backbone=true", "model.study.dim=64", "model.study.heads=4", "model.study.layers=1",
-        "model.study.context.indication=true", "model.study.context.vitals=numeric",
-    )  # fmt: skip
+        starter64,
+        out,
+        *QUICK,
+        "stage.name=study",
+        "model.kind=study",
+        f"stage.init_from={trained / 'best.pt'}",
+        "stage.freeze_backbone=true",
+        "model.study.dim=64",
+        "model.study.heads=4",
+        "model.study.layers=1",
+        "model.study.context.indication=true",
+        "model.study.context.vitals=numeric",
+    )
     result = cxrlt(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     image, study = load_model(trained / "best.pt"), load_model(out / "best.pt")
     assert study.kind == "study"
-    image_backbone = {k.removeprefix("backbone.model."): v for k, v in image.ema_state_dict.items() if k.startswith("backbone.")}
-    study_backbone = {k.removeprefix("encoders.0.model."): v for k, v in study.state_dict.items() if k.startswith("encoders.0.")}
+    image_backbone = {
+        k.removeprefix("backbone.model."): v for k, v in image.ema_state_dict.items() if k.startswith("backbone.")
+    }
+    study_backbone = {
+        k.removeprefix("encoders.0.model."): v for k, v in study.state_dict.items() if k.startswith("encoders.0.")
+    }
     assert image_backbone.keys() == study_backbone.keys()
     assert all(torch.equal(image_backbone[k], study_backbone[k]) for k in image_backbone)  # frozen, so unchanged
     predictions = tmp_path / "study-dev.csv"
-    result = cxrlt("predict", out / "best.pt", "--shards", starter64, "--split", "dev", "--out", predictions, cwd=tmp_path)
+    result = cxrlt(
+        "predict", out / "best.pt", "--shards", starter64, "--split", "dev", "--out", predictions, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_predictions(predictions).image_ids) == 54
     # Studies of up to 6 views for the model's 4 slots: every image gets a row, on 1 and 2 ranks alike
@@ -83,9 +98,15 @@ def test_study_stage_starts_from_the_image_checkpoint_with_a_frozen_backbone(tra
 def test_two_noisy_student_rounds_each_teaching_the_next(trained, starter64, tmp_path):
     out = tmp_path / "student"
     args = train_args(
-        starter64, out, *QUICK, "stage.name=student", f"student.teacher={trained / 'best.pt'}",
-        f"student.unlabelled={starter64}", "student.unlabelled_ratio=0.3", "student.iterations=2",
-    )  # fmt: skip
+        starter64,
+        out,
+        *QUICK,
+        "stage.name=student",
+        f"student.teacher={trained / 'best.pt'}",
+        f"student.unlabelled={starter64}",
+        "student.unlabelled_ratio=0.3",
+        "student.iterations=2",
+    )
     result = cxrlt(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rounds = [np.load(out / f"student-{k}" / "pseudo_labels.npz") for k in (1, 2)]
@@ -124,9 +145,13 @@ def test_bad_training_input_is_refused_before_any_work(starter64, tmp_path, over
 
 
 def test_schema_mismatches_are_refused(trained, chexpert_shards, starter64, tmp_path):
-    predicted = cxrlt("predict", trained / "best.pt", "--shards", chexpert_shards, "--out", tmp_path / "p.csv", cwd=tmp_path)
+    predicted = cxrlt(
+        "predict", trained / "best.pt", "--shards", chexpert_shards, "--out", tmp_path / "p.csv", cwd=tmp_path
+    )
     assert predicted.returncode == 2 and "schema 'nih-14'" in predicted.stderr and "chexpert-14" in predicted.stderr
-    student = train_args(chexpert_shards, tmp_path / "s", "stage.name=student", f"student.teacher={trained / 'best.pt'}")
+    student = train_args(
+        chexpert_shards, tmp_path / "s", "stage.name=student", f"student.teacher={trained / 'best.pt'}"
+    )
     result = cxrlt(*student, cwd=tmp_path)
     assert result.returncode == 2 and "trained on other classes" in result.stderr
     again = cxrlt(*train_args(starter64, trained), cwd=tmp_path)
@@ -138,4 +163,6 @@ def test_a_finished_member_is_reused_only_for_the_config_it_was_trained_with(tra
     same = cxrlt(*train_args(starter64, trained, *REFERENCE_OVERRIDES), "--resume", cwd=work)
     assert same.returncode == 0, same.stderr[-3000:]
     changed = cxrlt(*train_args(starter64, trained, *REFERENCE_OVERRIDES, "optim.lr=1e-2"), "--resume", cwd=work)
-    assert changed.returncode == 2 and "holds a finished run of another training config" in changed.stderr, changed.stderr
+    assert changed.returncode == 2 and "holds a finished run of another training config" in changed.stderr, (
+        changed.stderr
+    )

@@ -57,7 +57,9 @@ def _predict(model, shards, monkeypatch, batch_size, world_size=1):
         return list(shares) if len(shares) == world_size else None
 
     monkeypatch.setattr(distributed, "gather_to_main", gather)
-    outputs = [predict_split(model, _reader(shards, batch_size, r, world_size), "study", CPU) for r in range(world_size)]
+    outputs = [
+        predict_split(model, _reader(shards, batch_size, r, world_size), "study", CPU) for r in range(world_size)
+    ]
     assert all(o is None for o in outputs[:-1])
     return outputs[-1]
 
@@ -75,7 +77,9 @@ def test_every_image_of_a_study_gets_the_mean_of_its_chunks(model, shards, monke
     # The merged row is the mean of the chunks' probabilities, each chunk scored alone.
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in _reader(shards, 1):
-        chunks.setdefault(batch["id"][0], []).append(_probabilities(model, batch, "study", CPU, TTA(), False)[0].numpy())
+        chunks.setdefault(batch["id"][0], []).append(
+            _probabilities(model, batch, "study", CPU, TTA(), False)[0].numpy()
+        )
     assert [len(chunks[s]) for s in studies] == [2 if n > 4 else 1 for n in VIEW_COUNTS]
     for row, sid in enumerate(outputs.ids):
         np.testing.assert_allclose(outputs.probs[row], np.mean(chunks[sid], axis=0), atol=1e-6)

@@ -39,7 +39,14 @@ def _latest_step(run_dir: Path) -> int:
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(CXRLT), *args], cwd=cwd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [str(CXRLT), *args],
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_step(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> None:
@@ -87,8 +94,9 @@ def test_two_ranks_zero2_with_gradient_accumulation(starter64, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     step = out / "checkpoints" / "step-00000004"  # 8 micro-steps / 2 accumulated
     assert {p.name for p in step.glob("zero_pp_rank_*_optim_states.pt")} == {
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-    }  # fmt: skip
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }
     assert json.loads((step / "state.json").read_text())["global_step"] == 4
 
 

@@ -20,7 +20,9 @@ from trainers.pseudo import PseudoLabels, load_pseudo_labels
 
 
 def test_study_batch_becomes_model_inputs_with_coarse_views_inverted_mask_and_vital_records():
-    views = torch.tensor([[VIEW_TYPES.index(v) for v in ("PA", "LL", "pad")], [VIEW_TYPES.index(v) for v in ("AP", "OTHER", "LATERAL")]])
+    views = torch.tensor(
+        [[VIEW_TYPES.index(v) for v in ("PA", "LL", "pad")], [VIEW_TYPES.index(v) for v in ("AP", "OTHER", "LATERAL")]]
+    )
     vitals = torch.zeros(2, len(VITALS))
     vitals[0, VITALS.index("heartrate")] = 88.0
     present = torch.zeros(2, len(VITALS), dtype=torch.bool)
@@ -80,9 +82,13 @@ def test_tta_parsing_and_views():
 
 def test_study_predictions_expand_to_one_row_per_image():
     outputs = SplitOutputs(
-        index=np.arange(2), ids=["s1", "s2"], study_ids=["s1", "s2"], image_ids=[["a", "b"], ["c"]],
-        labels=np.zeros((2, 1), np.float32), probs=np.array([[0.1], [0.9]], np.float32),
-    )  # fmt: skip
+        index=np.arange(2),
+        ids=["s1", "s2"],
+        study_ids=["s1", "s2"],
+        image_ids=[["a", "b"], ["c"]],
+        labels=np.zeros((2, 1), np.float32),
+        probs=np.array([[0.1], [0.9]], np.float32),
+    )
     image_ids, study_ids, rows = image_rows(outputs)
     assert (image_ids, study_ids, rows.tolist()) == (["a", "b", "c"], ["s1", "s1", "s2"], [0, 0, 1])
 
@@ -119,7 +125,14 @@ def test_validation_decides_best_epoch_and_early_stop_from_patience():
     cfg = TrainConfig()
     cfg.schedule.patience = 2
     labels = np.array([[1.0], [0.0], [1.0], [0.0]], np.float32)
-    outputs = SplitOutputs(np.arange(4), list("abcd"), list("abcd"), [[i] for i in "abcd"], labels, np.array([[0.2], [0.8], [0.3], [0.7]], np.float32))
+    outputs = SplitOutputs(
+        np.arange(4),
+        list("abcd"),
+        list("abcd"),
+        [[i] for i in "abcd"],
+        labels,
+        np.array([[0.2], [0.8], [0.3], [0.7]], np.float32),
+    )
     metrics, is_best, stop = _validate(cfg, TrainState(best_score=None), outputs, ["A"], {})
     assert is_best and not stop and metrics["mAP"] == pytest.approx((1 / 3 + 2 / 4) / 2)  # positives ranked 4th and 3rd
     metrics, is_best, stop = _validate(cfg, TrainState(best_score=0.9, bad_epochs=0), outputs, ["A"], {})
@@ -166,10 +179,13 @@ def test_a_frozen_batchnorm_backbone_keeps_its_running_statistics_through_traini
     from trainers.config import TrainConfig
     from trainers.modelinit import build_member_model
 
-    cfg = from_dict(TrainConfig, {
-        "model": {"backbone": {"name": "tf_efficientnetv2_b0", "img_size": 32}, "head": {"name": "linear"}},
-        "stage": {"freeze_backbone": True},
-    })  # fmt: skip
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": {"backbone": {"name": "tf_efficientnetv2_b0", "img_size": 32}, "head": {"name": "linear"}},
+            "stage": {"freeze_backbone": True},
+        },
+    )
     torch.manual_seed(0)
     model = build_member_model(cfg, ["a", "b", "c"])
     ema = create_ema(model, cfg.ema)
@@ -192,11 +208,20 @@ def test_weight_decay_follows_parameter_kind_not_name_on_vit_with_ml_decoder():
     from cxrlt.config import from_dict
     from cxrlt.models.factory import ModelConfig, build_model
 
-    cfg = from_dict(ModelConfig, {
-        "backbone": {"name": "vit_tiny_patch16_224", "img_size": 32},
-        "head": {"name": "ml_decoder", "decoder_dim": 32, "num_heads": 2, "ffn_dim": 64, "num_groups": 2,
-                 "learnable_queries": True},
-    })  # fmt: skip
+    cfg = from_dict(
+        ModelConfig,
+        {
+            "backbone": {"name": "vit_tiny_patch16_224", "img_size": 32},
+            "head": {
+                "name": "ml_decoder",
+                "decoder_dim": 32,
+                "num_heads": 2,
+                "ffn_dim": 64,
+                "num_groups": 2,
+                "learnable_queries": True,
+            },
+        },
+    )
     model = build_model(cfg, ["a", "b", "c"])
     names = {id(p): n for n, p in model.named_parameters()}
     decay, no_decay = parameter_groups(model, 0.05)
@@ -204,6 +229,11 @@ def test_weight_decay_follows_parameter_kind_not_name_on_vit_with_ml_decoder():
     exempt = {names[id(p)] for p in no_decay["params"]}
     assert {"head.embed.weight", "head.group_weight", "backbone.model.patch_embed.proj.weight"} <= decayed
     assert {
-        "head.queries", "head.embed.bias", "head.layers.0.norm1.weight", "backbone.model.pos_embed",
-        "backbone.model.cls_token", "backbone.model.norm.weight", "backbone.model.patch_embed.proj.bias",
-    } <= exempt  # fmt: skip
+        "head.queries",
+        "head.embed.bias",
+        "head.layers.0.norm1.weight",
+        "backbone.model.pos_embed",
+        "backbone.model.cls_token",
+        "backbone.model.norm.weight",
+        "backbone.model.patch_embed.proj.bias",
+    } <= exempt

@@ -55,7 +55,7 @@ def test_the_grid_searcher_makes_choices_grid_axes():
         ("", "nothing to search"),
         (f'[tune]\nsearcher = "grid"\n{GAMMA}', "['loss.gamma_neg'] are not"),
         (f'[tune]\nmetric = "accuracy"\n{GAMMA}', "metric must be one of"),
-        (f'[train.optim]\nlrr = 1.0\n{GAMMA}', "optim.lrr"),
+        (f"[train.optim]\nlrr = 1.0\n{GAMMA}", "optim.lrr"),
     ],
 )
 def test_bad_input_names_the_key(tmp_path, body, message):
@@ -82,7 +82,9 @@ def test_tpe_needs_optuna_or_builds_optunas_searcher():
         from ray.tune.search.optuna import OptunaSearch
 
         assert isinstance(search_algorithm(loaded.tune.tune), OptunaSearch)
-    assert isinstance(search_algorithm(load_tune_config(SHIPPED, ["base=" + str(BASE)]).tune.tune), BasicVariantGenerator)
+    assert isinstance(
+        search_algorithm(load_tune_config(SHIPPED, ["base=" + str(BASE)]).tune.tune), BasicVariantGenerator
+    )
 
 
 def test_asha_rungs_come_from_config_and_survive_a_new_scheduler(tmp_path):
@@ -101,9 +103,15 @@ def test_asha_rungs_come_from_config_and_survive_a_new_scheduler(tmp_path):
 def test_a_trial_is_one_member_in_an_absolute_folder_and_multi_rank_trials_use_torchrun(tmp_path):
     loaded = load_tune_config(SHIPPED, ["base=" + str(BASE)])
     cfg = absolute_paths(loaded.trial_config({}), tmp_path)
-    assert cfg.data.shards == tmp_path / "shards" / "starter-64" and member_dir(cfg) == tmp_path / "runs" / "starter-tiny"
+    assert (
+        cfg.data.shards == tmp_path / "shards" / "starter-64" and member_dir(cfg) == tmp_path / "runs" / "starter-tiny"
+    )
     assert member_dir(loaded.trial_config({"resolutions": [32]})).name == "res-32"
     with pytest.raises(InputError, match="one member"):
         member_dir(loaded.trial_config({"resolutions": [32, 64]}))
     command = torchrun_trial_command(tmp_path / "trial.toml", 2)
-    assert "--nproc-per-node=2" in command and command[-3:] == ["trainers.worker", str(tmp_path / "trial.toml"), "--resume"]
+    assert "--nproc-per-node=2" in command and command[-3:] == [
+        "trainers.worker",
+        str(tmp_path / "trial.toml"),
+        "--resume",
+    ]

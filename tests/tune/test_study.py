@@ -50,8 +50,14 @@ def _tune_checkpoints(study: Path) -> set[Path]:
 
 def _start_and_wait_for_a_report(args: list[str], cwd: Path, study: Path, timeout: float = 300) -> subprocess.Popen:
     before = _tune_checkpoints(study)
-    process = subprocess.Popen([str(CXRLT), *args], cwd=cwd, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [str(CXRLT), *args],
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     while _tune_checkpoints(study) <= before:
         assert process.poll() is None, f"tune ended before a new report:\n{process.stderr.read()[-3000:]}"

@@ -22,9 +22,13 @@ HELD_OUT = ("Cardiomegaly", "Effusion", "Pneumothorax")
 EPOCHS, STEPS = 2, 3
 RENDEZVOUS_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TEXT_HEAD = (
-    "model.head.name=ml_decoder", "model.head.text_queries=true", "model.head.decoder_dim=32",
-    "model.head.num_heads=2", "model.head.ffn_dim=64", "model.class_descriptions=nih-14",
-)  # fmt: skip
+    "model.head.name=ml_decoder",
+    "model.head.text_queries=true",
+    "model.head.decoder_dim=32",
+    "model.head.num_heads=2",
+    "model.head.ffn_dim=64",
+    "model.class_descriptions=nih-14",
+)
 
 
 def clear_rendezvous(patch: pytest.MonkeyPatch) -> None:
@@ -91,9 +95,14 @@ def held_out_run(tmp_path_factory: pytest.TempPathFactory, starter64: Path) -> H
 
     held = "[" + ",".join(f'"{c}"' for c in HELD_OUT) + "]"
     overrides = (
-        f"data.shards={starter64}", f"run.out_dir={work / 'run'}", f"run.tracking_uri=sqlite:///{work / 'mlruns.db'}",
-        f"schedule.epochs={EPOCHS}", f"data.steps_per_epoch={STEPS}", f"data.unknown_classes={held}", *TEXT_HEAD,
-    )  # fmt: skip
+        f"data.shards={starter64}",
+        f"run.out_dir={work / 'run'}",
+        f"run.tracking_uri=sqlite:///{work / 'mlruns.db'}",
+        f"schedule.epochs={EPOCHS}",
+        f"data.steps_per_epoch={STEPS}",
+        f"data.unknown_classes={held}",
+        *TEXT_HEAD,
+    )
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainers.loop, "build_loss", lambda *a, **k: RecordingLoss(real_loss(*a, **k)))

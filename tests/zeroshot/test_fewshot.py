@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from cxrlt.data.mining import Example, write_examples
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.transforms import TransformConfig
-from cxrlt.data.mining import Example, write_examples
 from cxrlt.models.fewshot import FewShotConfig, adapt_class_queries, balanced_bce
 from cxrlt.models.saved import load_model
 from tests.zeroshot.conftest import HELD_OUT
@@ -65,9 +65,21 @@ def test_adapt_command_writes_a_model_that_predict_uses(held_out_run, starter64,
     examples = tmp_path / "examples.csv"
     write_examples([e for c in HELD_OUT[:2] for e in _examples(held_out_run, starter64, c)], examples)
     out = tmp_path / "adapted.pt"
-    status, _, err = cli("zeroshot", "adapt", held_out_run.run_dir / "best.pt", "--shards", starter64,
-                         "--examples", examples, "--classes", "Cardiomegaly,Effusion,Bulla", "--out", out,
-                         "--set", "steps=20")  # fmt: skip
+    status, _, err = cli(
+        "zeroshot",
+        "adapt",
+        held_out_run.run_dir / "best.pt",
+        "--shards",
+        starter64,
+        "--examples",
+        examples,
+        "--classes",
+        "Cardiomegaly,Effusion,Bulla",
+        "--out",
+        out,
+        "--set",
+        "steps=20",
+    )
     assert status == 0, err
     original, adapted = load_model(held_out_run.run_dir / "best.pt"), load_model(out)
     assert adapted.classes == ("Cardiomegaly", "Effusion", "Bulla") and adapted.schema == "zero-shot"
@@ -83,6 +95,15 @@ def test_adapt_command_writes_a_model_that_predict_uses(held_out_run, starter64,
     assert np.isfinite(np.loadtxt(preds, delimiter=",", skiprows=1, usecols=(2, 3, 4))).all()
     missing = tmp_path / "missing.csv"
     write_examples([Example("Effusion", 1, "", "no-such-image")], missing)
-    status, _, err = cli("zeroshot", "adapt", held_out_run.run_dir / "best.pt", "--shards", starter64,
-                         "--examples", missing, "--out", tmp_path / "x.pt")  # fmt: skip
+    status, _, err = cli(
+        "zeroshot",
+        "adapt",
+        held_out_run.run_dir / "best.pt",
+        "--shards",
+        starter64,
+        "--examples",
+        missing,
+        "--out",
+        tmp_path / "x.pt",
+    )
     assert status == 2 and "1 image id(s) are not in split 'train'" in err

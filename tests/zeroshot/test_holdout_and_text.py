@@ -88,10 +88,11 @@ def test_packaged_descriptions_cover_their_schemas_and_files_are_checked(tmp_pat
     csv_file.write_text("class,description\nBulla,air space\nHilum,\n", encoding="utf-8")
     assert load_descriptions(csv_file) == {"Bulla": "air space", "Hilum": ""}
     assert class_texts(["Bulla", "Hilum"], "chest x-ray with {}", load_descriptions(csv_file)) == [
-        "chest x-ray with Bulla: air space", "chest x-ray with Hilum",
-    ]  # fmt: skip
+        "chest x-ray with Bulla: air space",
+        "chest x-ray with Hilum",
+    ]
     bad = tmp_path / "bad.toml"
-    bad.write_text('[descriptions]\nBulla = 3\n', encoding="utf-8")
+    bad.write_text("[descriptions]\nBulla = 3\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"bad.toml.*'Bulla' must be a string"):
         load_descriptions(bad)
     csv_file.write_text("class,description\nBulla,a\nBulla,b\n", encoding="utf-8")

@@ -65,7 +65,9 @@ def test_mining_draws_a_few_reports_per_class_deterministically(reports, rules):
 def test_mine_command_writes_examples_and_names_bad_keys(shared_data, tmp_path, cli):
     out = tmp_path / "examples.csv"
     tgz = shared_data / "reports" / "NLMCXR_reports.tgz"
-    status, stdout, err = cli("zeroshot", "mine", "--reports", tgz, "--rules", RULES, "--out", out, "--set", "max_positives=3")
+    status, stdout, err = cli(
+        "zeroshot", "mine", "--reports", tgz, "--rules", RULES, "--out", out, "--set", "max_positives=3"
+    )
     assert status == 0, err
     examples = read_examples(out)
     assert {e.class_name for e in examples} == {"Bulla", "Cardiomyopathy", "Hilum", "Osteopenia", "Scoliosis"}

@@ -10,8 +10,8 @@ import pytest
 from cxrlt.data.shardset import read_index
 from cxrlt.errors import InputError
 from cxrlt.labels import CXR_LT_2024_TASK3
-from cxrlt.models.heads import HeadConfig
 from cxrlt.models.factory import ModelConfig, build_model
+from cxrlt.models.heads import HeadConfig
 from cxrlt.models.saved import save_model
 from cxrlt.predictions import read_predictions
 from tests.cli import cxrlt
@@ -23,8 +23,14 @@ TASK3 = ",".join(CXR_LT_2024_TASK3.classes)
 
 
 def test_request_with_classes_and_descriptions_round_trips(tmp_path):
-    request = PredictRequest(tmp_path / "m.pt", tmp_path / "s", "test", tmp_path / "p.csv",
-                             classes=("Bulla", "Hilum"), descriptions=tmp_path / "d.toml")  # fmt: skip
+    request = PredictRequest(
+        tmp_path / "m.pt",
+        tmp_path / "s",
+        "test",
+        tmp_path / "p.csv",
+        classes=("Bulla", "Hilum"),
+        descriptions=tmp_path / "d.toml",
+    )
     parser = add_request_arguments(argparse.ArgumentParser())
     assert request_from(parser.parse_args(request.to_args())) == request
     plain = PredictRequest(tmp_path / "m.pt", tmp_path / "s", "test", tmp_path / "p.csv")
@@ -33,8 +39,20 @@ def test_request_with_classes_and_descriptions_round_trips(tmp_path):
 
 def test_task3_zero_shot_prediction_becomes_a_valid_submission(held_out_run, starter64, tmp_path, cli):
     preds = tmp_path / "t3.csv"
-    result = cxrlt("predict", held_out_run.run_dir / "best.pt", "--shards", starter64, "--split", "test",
-                   "--out", preds, "--classes", TASK3, "--descriptions", "cxr-lt-2024-task3")  # fmt: skip
+    result = cxrlt(
+        "predict",
+        held_out_run.run_dir / "best.pt",
+        "--shards",
+        starter64,
+        "--split",
+        "test",
+        "--out",
+        preds,
+        "--classes",
+        TASK3,
+        "--descriptions",
+        "cxr-lt-2024-task3",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = read_predictions(preds)
     assert table.meta.classes == CXR_LT_2024_TASK3.classes and table.meta.schema == "cxr-lt-2024-task3"
@@ -52,16 +70,32 @@ def test_task3_zero_shot_prediction_becomes_a_valid_submission(held_out_run, sta
 def test_other_names_need_a_text_query_model(starter64, tmp_path, cli):
     cfg = ModelConfig(head=HeadConfig(name="linear"))
     classes = read_index(starter64).classes
-    fixed = save_model(tmp_path / "fixed.pt", build_model(cfg, classes), cfg, classes, "nih-14",
-                       {"size": 64, "channels": 1, "mean": [0.5], "std": [0.25]})  # fmt: skip
+    fixed = save_model(
+        tmp_path / "fixed.pt",
+        build_model(cfg, classes),
+        cfg,
+        classes,
+        "nih-14",
+        {"size": 64, "channels": 1, "mean": [0.5], "std": [0.25]},
+    )
     request = PredictRequest(fixed, starter64, "test", tmp_path / "p.csv", classes=("Bulla",))
     with pytest.raises(InputError, match="--classes: .*fixed-class head"):
         check_request(request)
-    status, _, err = cli("predict", fixed, "--shards", starter64, "--out", tmp_path / "p.csv", "--descriptions", "nih-14")
+    status, _, err = cli(
+        "predict", fixed, "--shards", starter64, "--out", tmp_path / "p.csv", "--descriptions", "nih-14"
+    )
     assert status == 2 and "--descriptions nih-14" in err
 
 
 def test_duplicate_names_are_refused(held_out_run, starter64, tmp_path, cli):
-    status, _, err = cli("predict", held_out_run.run_dir / "best.pt", "--shards", starter64,
-                         "--out", tmp_path / "p.csv", "--classes", "Bulla,Hilum,Bulla")  # fmt: skip
+    status, _, err = cli(
+        "predict",
+        held_out_run.run_dir / "best.pt",
+        "--shards",
+        starter64,
+        "--out",
+        tmp_path / "p.csv",
+        "--classes",
+        "Bulla,Hilum,Bulla",
+    )
     assert status == 2 and "['Bulla'] more than once" in err

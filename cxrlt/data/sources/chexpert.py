@@ -12,8 +12,14 @@ import re
 from pathlib import Path
 
 from cxrlt.data.records import (
-    Record, SourceTable, UncertainPolicy, optional_float, parse_label_columns, read_table, to_target,
-)  # fmt: skip
+    Record,
+    SourceTable,
+    UncertainPolicy,
+    optional_float,
+    parse_label_columns,
+    read_table,
+    to_target,
+)
 from cxrlt.data.shardset import normalise_sex, normalise_view
 from cxrlt.errors import InputError
 from cxrlt.labels import CHEXPERT_14, Schema
@@ -40,8 +46,7 @@ def read_chexpert(
         match = _PATH.search(str(path))
         if match is None:
             raise InputError(
-                f"{table}: line {line_of(i)}, column 'Path': {path!r} is not "
-                ".../train|valid/patientN/studyN/VIEW.jpg"
+                f"{table}: line {line_of(i)}, column 'Path': {path!r} is not .../train|valid/patientN/studyN/VIEW.jpg"
             )
         part, patient, study, view_name = match.groups()
         records.append(

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrlt.data.records import (
-    Record, SourceTable, UncertainPolicy, optional_float, optional_text, parse_label_columns,
-    read_table, to_target,
-)  # fmt: skip
+    Record,
+    SourceTable,
+    UncertainPolicy,
+    optional_float,
+    optional_text,
+    parse_label_columns,
+    read_table,
+    to_target,
+)
 from cxrlt.data.shardset import SPLITS, normalise_sex, normalise_view
 from cxrlt.errors import InputError
 from cxrlt.labels import ALIASES, Schema, harmonisation_index
@@ -71,10 +77,16 @@ def _require_placed(label_columns: list[str], naming: str, target: Schema, table
 def read_csv_folder(table: str | Path, images: str | Path, target: Schema, columns: CsvColumns) -> SourceTable:
     frame = read_table(table)
     fields = {
-        "path": columns.path, "image_id": columns.image_id, "patient_id": columns.patient_id,
-        "study_id": columns.study_id, "view": columns.view, "age": columns.age, "sex": columns.sex,
-        "split": columns.split, "indication": columns.indication,
-    }  # fmt: skip
+        "path": columns.path,
+        "image_id": columns.image_id,
+        "patient_id": columns.patient_id,
+        "study_id": columns.study_id,
+        "view": columns.view,
+        "age": columns.age,
+        "sex": columns.sex,
+        "split": columns.split,
+        "indication": columns.indication,
+    }
     mapped = {field: column for field, column in fields.items() if column is not None}
     require_columns(frame, list(mapped.values()), table)
     label_columns = columns.labels or [c for c in target.classes if c in frame.columns]

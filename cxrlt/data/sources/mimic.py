@@ -18,8 +18,12 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.data.records import (
-    Record, SourceTable, parse_label_columns, read_table, to_target,
-)  # fmt: skip
+    Record,
+    SourceTable,
+    parse_label_columns,
+    read_table,
+    to_target,
+)
 from cxrlt.data.shardset import SPLITS, normalise_view
 from cxrlt.data.sources.mimic_context import join_vitals, read_indication, study_times
 from cxrlt.errors import InputError

@@ -66,7 +66,8 @@ def join_vitals(studies: pd.DataFrame, edstays: Path, triage: Path) -> dict[str,
     vitals = read_table(triage)
     require_columns(vitals, TRIAGE_COLUMNS, triage)
     stays = stays.assign(
-        intime=pd.to_datetime(stays["intime"], errors="coerce"), outtime=pd.to_datetime(stays["outtime"], errors="coerce")
+        intime=pd.to_datetime(stays["intime"], errors="coerce"),
+        outtime=pd.to_datetime(stays["outtime"], errors="coerce"),
     )
     joined = studies.dropna(subset=["time"]).merge(stays[list(STAY_COLUMNS)], on="subject_id")
     joined = joined[(joined["intime"] <= joined["time"]) & (joined["time"] <= joined["outtime"])]

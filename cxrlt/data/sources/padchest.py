@@ -21,9 +21,16 @@ from cxrlt.labels import PADCHEST, UNKNOWN, Schema, harmonisation_index
 from cxrlt.tables import line_of, require_columns
 
 COLUMNS = (
-    "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
-    "Projection", "Labels",
-)  # fmt: skip
+    "ImageID",
+    "ImageDir",
+    "StudyDate_DICOM",
+    "StudyID",
+    "PatientID",
+    "PatientBirth",
+    "PatientSex_DICOM",
+    "Projection",
+    "Labels",
+)
 LABELS_COLUMN = "Labels"
 
 
