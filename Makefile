@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh Debian machine with Python 3.11:
 #   make demo  -- the real recipe rehearsed end to end on the rehearsal set (built from the embedded NIH sample)
-#   make test  -- the test suite (what CI runs)
+#   make lint test  -- lint, format and type checks, then the test suite (what CI runs)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: demo demo-nih test venv clean-venv
+.PHONY: demo demo-nih lint test venv clean-venv
 
 # The stamp depends on pyproject.toml, so a changed dependency list reinstalls.
 $(STAMP): pyproject.toml
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Lint, format and types, one configuration for the whole tree (pyproject.toml); CI runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -108,7 +108,8 @@ def main() -> None:
     )
     for member, r in results.items():
         print(
-            f"{member:>8}: test mAP {r['mAP']:.4f}  synthesised-class mAP {r['synthesised_mAP']}  excluded {r['excluded']}"
+            f"{member:>8}: test mAP {r['mAP']:.4f}  synthesised-class mAP {r['synthesised_mAP']}  "
+            f"excluded {r['excluded']}"
         )
     print(f"total {time.perf_counter() - started:.0f} s")
 

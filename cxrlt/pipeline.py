@@ -453,7 +453,8 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
                 "--image",
                 f"Train positives, real vs real + synthetic={synth_report / 'counts.png'}",
             ]
-        title = f"{cfg.name or out.name}, {TASK_TITLES[sub.task]}: {'zero-shot members' if sub.task == 't3' else 'members and ensemble'} on the {sub.split} split"
+        scored = "zero-shot members" if sub.task == "t3" else "members and ensemble"
+        title = f"{cfg.name or out.name}, {TASK_TITLES[sub.task]}: {scored} on the {sub.split} split"
         plan.add(
             f"report-{sub.task}",
             [

@@ -65,7 +65,7 @@ class Run:
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.client is None:
             return
         from mlflow.entities import Param
 
@@ -73,7 +73,7 @@ class Run:
         self.client.log_batch(self.run_id, params=items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.client is None:
             return
         from mlflow.entities import Metric
 
@@ -82,14 +82,14 @@ class Run:
         self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.client is None:
             return
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.client is None:
             return
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
@@ -119,14 +119,21 @@ class Tracker:
 
             self.client = MlflowClient(tracking_uri=uri)
 
+    @property
+    def store(self) -> MlflowClient:
+        """The client of rank 0; other ranks never reach the store (see __init__)."""
+        if self.client is None:
+            raise RuntimeError(f"rank {os.environ.get('RANK')} may not open the tracking store {self.uri}")
+        return self.client
+
     def experiment_id(self, name: str) -> str:
-        found = self.client.get_experiment_by_name(name)
+        found = self.store.get_experiment_by_name(name)
         if found is not None:
             if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older cxrlt or by hand
-                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+                self.store.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return found.experiment_id
         location = None if self.artifact_root is None else (self.artifact_root / name).as_uri()
-        return self.client.create_experiment(
+        return self.store.create_experiment(
             name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
         )
 
@@ -159,43 +166,43 @@ class Tracker:
                 resume_run_id = None
         if resume_run_id is not None:
             run_id = resume_run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self.store.update_run(run_id, status="RUNNING")
             if tags:
-                Run(self.client, run_id).set_tags(tags)
+                Run(self.store, run_id).set_tags(tags)
         else:
             all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
             parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
             if parent_run_id is not None:
                 all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
                 # The MLflow UI nests runs only inside one experiment: a child goes where its parent is.
-                experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+                experiment_id = self.store.get_run(parent_run_id).info.experiment_id
             else:
                 experiment_id = self.experiment_id(experiment)
-            created = self.client.create_run(
+            created = self.store.create_run(
                 experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
             )
             run_id = created.info.run_id
         try:
-            yield Run(self.client, run_id)
+            yield Run(self.store, run_id)
         except BaseException as e:
             # A preempted job exits through SystemExit (see cxrlt.requeue) and a user's Ctrl-C through
             # KeyboardInterrupt: those runs were stopped, not broken.
             stopped = isinstance(e, (SystemExit, KeyboardInterrupt))
-            self.client.set_terminated(run_id, status="KILLED" if stopped else "FAILED")
+            self.store.set_terminated(run_id, status="KILLED" if stopped else "FAILED")
             raise
-        self.client.set_terminated(run_id, status="FINISHED")
+        self.store.set_terminated(run_id, status="FINISHED")
 
     def changed_params(self, run_id: str, params: Mapping[str, Any]) -> list[str] | None:
         """The keys of `params` that run `run_id` recorded with another value (None: no such run)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            recorded = self.client.get_run(run_id).data.params
+            recorded = self.store.get_run(run_id).data.params
         except MlflowException:
             return None
         return sorted(k for k, v in params.items() if str(k) in recorded and recorded[str(k)] != _param_value(v))
 
     def children(self, run_id: str) -> list[Any]:
         """The runs whose parent is `run_id`, in any experiment of this store."""
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        return self.client.search_runs(experiments, filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'")
+        experiments = [e.experiment_id for e in self.store.search_experiments()]
+        return self.store.search_runs(experiments, filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'")

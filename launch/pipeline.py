@@ -215,9 +215,13 @@ def _write_report_index(cfg, name: str) -> dict[str, dict[str, Any]]:
             f"<h2>{TASK_TITLES[sub.task]}</h2><p>{metrics['split']} split, {len(metrics['classes_scored'])} classes "
             f"scored; submission <code>{submission}</code>; <a href='{sub.task}/index.html'>full report</a>.</p>"
             f"<table border=1 cellpadding=4><tr><th>model</th><th>mAP</th><th>mAUROC</th></tr>"
-            f"<tr><td>prevalence baseline</td><td>{metrics['prevalence_mAP']:.4f}</td><td>0.5000</td></tr>{rows}</table>"
+            f"<tr><td>prevalence baseline</td><td>{metrics['prevalence_mAP']:.4f}</td><td>0.5000</td></tr>"
+            f"{rows}</table>"
         )
-    page = f"<html><head><title>{html.escape(name)}</title></head><body><h1>{html.escape(name)}</h1>{''.join(sections)}</body></html>"
+    page = (
+        f"<html><head><title>{html.escape(name)}</title></head><body><h1>{html.escape(name)}</h1>"
+        f"{''.join(sections)}</body></html>"
+    )
     (cfg.out_dir / "report").mkdir(parents=True, exist_ok=True)
     write_text_atomic(cfg.out_dir / "report" / "index.html", page + "\n")
     return reports

@@ -148,7 +148,10 @@ class ReportConfig:
 
 @dataclass
 class RunConfig:
-    """out_dir: the run folder. tracking_uri: an MLflow URI; default: $MLFLOW_TRACKING_URI, else a SQLite store in out_dir."""
+    """out_dir: the run folder.
+
+    tracking_uri: an MLflow URI; default: $MLFLOW_TRACKING_URI, else a SQLite store in out_dir.
+    """
 
     out_dir: Path = Path("runs/synth")
     tracking_uri: str | None = None

@@ -178,7 +178,8 @@ def _html(summary: dict[str, Any]) -> str:
     auc = summary["discriminator"]["auc"]
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>cxrlt synth report</title></head><body>"
-        f"<h1>Synthetic tail-class set</h1><p>{html.escape(summary['synthetic'])} for {html.escape(summary['shards'])}; "
+        f"<h1>Synthetic tail-class set</h1>"
+        f"<p>{html.escape(summary['synthetic'])} for {html.escape(summary['shards'])}; "
         f"filter: {html.escape(str(summary['filter']))}</p>"
         f"<h2>Fidelity</h2><p>real-vs-synthetic discriminator AUC: <b>{'n/a' if math.isnan(auc) else f'{auc:.3f}'}</b> "
         f"({html.escape(summary['discriminator']['method'])}; 0.5 = indistinguishable)</p>"

@@ -21,3 +21,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"{SHARED_DATA} is missing: the tests expect shared/ beside the checkout")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Seconds per test folder (setup + call + teardown), so a folder creeping towards CI's limit is seen."""
+    per_folder: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                folder = str(Path(report.nodeid.split("::")[0]).parent)
+                per_folder[folder] = per_folder.get(folder, 0.0) + report.duration
+    if not per_folder:
+        return
+    terminalreporter.section("seconds per test folder")
+    for folder, seconds in sorted(per_folder.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}  {folder}")
+    terminalreporter.write_line(f"{sum(per_folder.values()):8.1f}  total")

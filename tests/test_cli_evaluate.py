@@ -57,8 +57,8 @@ def test_evaluate_matches_sklearn_and_writes_json(csv_pair):
             expected_ap[name] = average_precision_score(labels[known, j], scores[known, j])
             expected_auc[name] = roc_auc_score(labels[known, j], scores[known, j])
     got = {row["name"]: row for row in result["per_class"]}
-    for name in expected_ap:
-        assert got[name]["ap"] == pytest.approx(expected_ap[name], abs=1e-9)
+    for name, ap in expected_ap.items():
+        assert got[name]["ap"] == pytest.approx(ap, abs=1e-9)
         assert got[name]["auroc"] == pytest.approx(expected_auc[name], abs=1e-9)
     assert result["mAP"] == pytest.approx(np.mean(list(expected_ap.values())), abs=1e-9)
     assert result["mAUROC"] == pytest.approx(np.mean(list(expected_auc.values())), abs=1e-9)

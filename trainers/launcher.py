@@ -1,4 +1,6 @@
-"""The process layout of `cxrlt train` and `cxrlt predict`: in this process for one rank, else torchrun, relaying preemption.
+"""The process layout of `cxrlt train` and `cxrlt predict`.
+
+In this process for one rank, else torchrun, relaying preemption.
 
 One rank on one node trains in-process (a group of one). More ranks, or several nodes, start torchrun
 (`python -m torch.distributed.run`) with `trainers.worker`: standalone rendezvous on one node,
@@ -51,7 +53,7 @@ def torchrun_command(layout: Layout, module: str, worker_args: Sequence[str]) ->
             f"--rdzv-endpoint={layout.rdzv_endpoint}",
             f"--rdzv-id={layout.rdzv_id}",
         ]
-    return command + ["-m", module, *worker_args]
+    return [*command, "-m", module, *worker_args]
 
 
 def run_torchrun(layout: Layout, module: str, worker_args: Sequence[str], run_dir: Path) -> int:

@@ -4,10 +4,10 @@ Each rank reads its share of the split (EvalReader), the model scores it with op
 augmentation, rank 0 gathers everything in split order and writes the table and its sidecar
 atomically. A study model reads study batches and its prediction is written for every image of the
 study (the prediction-file contract is one row per image); a study with more views than the model's
-slots is scored in view chunks whose probabilities are averaged (trainers.inference). A fixed-class model's classes must be the
-shards' classes: a different schema would put its outputs under names of findings it never learned. A
-text-query model may score other names (`--classes`, `--descriptions`, see trainers.zeroshot): unseen
-names have no labels in the shards, which does not matter for scoring.
+slots is scored in view chunks whose probabilities are averaged (trainers.inference). A fixed-class
+model's classes must be the shards' classes: a different schema would put its outputs under names of
+findings it never learned. A text-query model may score other names (`--classes`, `--descriptions`, see
+trainers.zeroshot): unseen names have no labels in the shards, which does not matter for scoring.
 """
 
 from __future__ import annotations

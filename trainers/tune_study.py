@@ -72,7 +72,8 @@ def _tuner(spec: TrialSpec, epochs: int, resume: bool) -> tune.Tuner:
     if tune.Tuner.can_restore(experiment):
         if not resume:
             raise InputError(
-                f"run.out_dir = {spec.study_dir} holds a study; pass --resume to continue it or choose another run.out_dir"
+                f"run.out_dir = {spec.study_dir} holds a study; "
+                "pass --resume to continue it or choose another run.out_dir"
             )
         return tune.Tuner.restore(
             str(experiment), _trainable(spec), resume_unfinished=True, resume_errored=True, param_space=space

@@ -147,7 +147,8 @@ def _train_with_torchrun(cfg: TrainConfig, nproc: int, reporter: Reporter) -> No
     write_config(cfg, config_file)
     process = subprocess.Popen(
         torchrun_trial_command(config_file, nproc),
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        # prctl(PR_SET_PDEATHSIG) only acts in the child itself; it calls no Python-level locks.
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
     )
     try:
         while process.poll() is None:

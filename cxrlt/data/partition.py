@@ -28,7 +28,7 @@ def distributed_context(rank: int | None = None, world_size: int | None = None) 
     elif dist.is_available() and dist.is_initialized():
         resolved = (dist.get_rank(), dist.get_world_size())
     else:
-        resolved = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        resolved = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
     if not 0 <= resolved[0] < resolved[1]:
         raise InputError(f"rank {resolved[0]} is not in [0, world size {resolved[1]})")
     return resolved

@@ -185,20 +185,23 @@ class ShardWriter:
         known = np.zeros(len(self.schema), dtype=np.int64)
         skipped: list[dict[str, str]] = []
         written = 0
-        with atomic_path(self.out / name) as tmp, open(tmp, "wb") as stream:
-            # An int mtime: a float one makes tarfile add a pax header to every member, which costs the
-            # readers about a tenth of their throughput in header parsing.
-            with wds.TarWriter(stream, encoder=False, mtime=0) as tar:
-                for sample in chunk:
-                    result = next(encoded)
-                    skipped.extend(result.problems)
-                    entries = _tar_entries(sample, result, plan.level, self.options.image_format)
-                    if entries is None:
-                        continue
-                    tar.write(entries)
-                    positives += sample.labels == 1.0
-                    known += sample.labels >= 0
-                    written += 1
+        # An int mtime: a float one makes tarfile add a pax header to every member, which costs the
+        # readers about a tenth of their throughput in header parsing.
+        with (
+            atomic_path(self.out / name) as tmp,
+            open(tmp, "wb") as stream,
+            wds.TarWriter(stream, encoder=False, mtime=0) as tar,
+        ):
+            for sample in chunk:
+                result = next(encoded)
+                skipped.extend(result.problems)
+                entries = _tar_entries(sample, result, plan.level, self.options.image_format)
+                if entries is None:
+                    continue
+                tar.write(entries)
+                positives += sample.labels == 1.0
+                known += sample.labels >= 0
+                written += 1
         record = {
             "plan_hash": plan.fingerprint,
             "split": split,

@@ -23,7 +23,10 @@ from pathlib import Path
 
 OP = "deepspeed_shm_comm"
 CACHE = Path.home() / ".cache" / "cxrlt-tests" / "torch_extensions"
-BUILD = "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+BUILD = (
+    "from deepspeed.accelerator import get_accelerator; "
+    "get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+)
 NO_LOCK = shutil.ignore_patterns("lock", ".ninja_lock")
 
 

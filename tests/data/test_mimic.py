@@ -62,7 +62,7 @@ def test_study_level_views_indication_vitals(mimic, tmp_path, read_back):
     good = mimic.frame[~mimic.frame["dicom_id"].isin(list(mimic.bad))]
     assert set(items) == set(good["study_id"])  # a study whose only image is bad is skipped (and listed)
     assert index.num_skipped == len(mimic.bad)
-    for study, item in items.items():
+    for item in items.values():
         views = item["view_type"][item["view_mask"]].tolist()
         frontal = [v for v in views if v in (1, 2)]
         assert views[: len(frontal)] == frontal  # frontal views first
@@ -107,7 +107,10 @@ def test_indication_extraction():
 
 def test_indication_under_other_headers():
     """Real MIMIC-CXR variants: HISTORY / CLINICAL INFORMATION / REASON FOR EXAMINATION hold the indication."""
-    history = "                FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n HISTORY:  ___M with cough.\n \n FINDINGS: x\n"
+    history = (
+        "                FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n"
+        " HISTORY:  ___M with cough.\n \n FINDINGS: x\n"
+    )
     assert extract_indication(history) == "___M with cough."
     assert extract_indication(" CLINICAL INFORMATION: fever\n IMPRESSION: none") == "fever"
     assert extract_indication("REASON FOR EXAMINATION: eval for pna\nFINDINGS: clear") == "eval for pna"

@@ -153,7 +153,8 @@ def test_tar_reader_matches_webdataset_and_survives_truncation(starter_shards, t
     assert [(s["__key__"], s["json"], s["img.jpg"]) for s in ours] == [
         (s["__key__"], s["json"], s["img.jpg"]) for s in theirs
     ]
-    data = open(shard, "rb").read()
+    with open(shard, "rb") as stream:
+        data = stream.read()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[: len(data) // 2 + 100])
     with caplog.at_level("WARNING", logger="cxrlt.data"):

@@ -107,7 +107,7 @@ def test_padchest_labels_by_name_from_16_bit_pngs(padchest, tmp_path, read_back)
 
 
 def test_padchest_unknown_label_name_is_an_error(padchest, tmp_path, edit_cell):
-    table_path, images, frame = padchest
+    table_path, images, _ = padchest
     bad = tmp_path / "bad.csv"
     edit_cell(table_path, bad, 3, "Labels", "['normal', 'pleural efusion']")
     with pytest.raises(InputError, match=r"bad.csv: line 5, column 'Labels': class 'pleural efusion'"):
