@@ -5,11 +5,26 @@ documented in cxrlt.data.decoding); wrap them with `make_loader`.
 Training: each (rank, worker) slot draws shards with replacement from its own share (see
 cxrlt.data.partition), shuffles through a buffer, optionally repeats tail-class samples and mixes in
 a synthetic and/or an unlabelled shard set, and stops after a fixed number of batches:
-`steps_per_epoch` per rank, divided over the workers, so every rank runs the same count and no collective waits on a rank that ran dry.
-Every random choice comes from a generator seeded by (seed, epoch, rank, worker), so an epoch replays
-exactly; call `set_epoch` before each epoch (with non-persistent DataLoader workers, which pick it up
-when they start). That includes the views of a study with more views than `max_views`: a fresh random
-subset each time the study is drawn (cxrlt.data.decoding).
+`steps_per_epoch` per rank, divided over the workers, so every rank runs the same count and no
+collective waits on a rank that ran dry.
+Every random choice comes from a seeded generator, so an epoch replays exactly; call `set_epoch`
+before each epoch (with non-persistent DataLoader workers, which pick it up when they start). The
+sample stream (shard draws, repeats, mixing, shuffle) draws from one generator seeded by (seed, epoch,
+rank, worker); each sample's own choices (its augmentation, and the views of a study with more views
+than `max_views`: a fresh random subset each time the study is drawn, cxrlt.data.decoding) draw from
+a generator seeded by (seed, epoch, rank, worker) and the sample's position k in that worker's stream.
+Decoding therefore draws nothing from the stream's generator, which is what lets a resumed epoch skip
+samples without decoding them.
+
+Resuming mid-epoch (`set_epoch(epoch, start)`): the reader yields the epoch's batches from `start` on,
+equal to an uninterrupted epoch's. Each worker pulls the samples of its batches before `start` out of
+the shuffled stream without decoding them; their image members are not even read from the tar (only
+headers and json, which the stream needs for repeat factors and damage checks; see
+cxrlt.data.tarstream), and those still in the shuffle buffer when the skip ends are read when drawn.
+DataLoader worker w then plays the part of the worker that produced batch start + w, since the loader
+takes one batch from each worker in turn, worker 0 first. The skip assumes every skipped sample gave
+one item: an image that fails to decode inside the skipped part (a damaged shard) shifts the resumed
+stream by one sample per such image, and damage counts start again at the resume point.
 
 Damaged shards: training skips a damaged sample (a tar cut short, a missing or broken json member, an
 image that does not decode), counts it per shard (`DecodeStats`) and fails with an InputError naming
@@ -27,9 +42,11 @@ the caller can merge them before or after gathering.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,14 +105,23 @@ class ShardSplit:
             slot.kept_below(int(self.offsets[s + 1])) - slot.kept_below(int(self.offsets[s])) for s in slot.shards
         )
 
-    def read(self, shard: int, slot: Slot, stats: DecodeStats | None = None, strict: bool = False) -> Iterator[Raw]:
+    def read(
+        self,
+        shard: int,
+        slot: Slot,
+        stats: DecodeStats | None = None,
+        strict: bool = False,
+        skipping: Callable[[], bool] | None = None,
+    ) -> Iterator[Raw]:
         """(raw sample, meta, labels) of `slot`'s samples in one shard, in tar order. Damage (see the
-        module docstring) is an InputError with `strict`, else a warning and `stats.skip`."""
+        module docstring) is an InputError with `strict`, else a warning and `stats.skip`. While
+        `skipping()` is true, image members are left unread (MemberRef values, cxrlt.data.tarstream)."""
         url = str(self.directory / self.entries[shard].file)
         start, expected = int(self.offsets[shard]), self.entries[shard].num_samples
         stats = stats if stats is not None else DecodeStats()
         count, last = 0, None
-        for count, raw in enumerate(tar_samples(url, strict), start=1):
+        lazy = None if skipping is None else lambda name: not name.endswith(".json") and skipping()
+        for count, raw in enumerate(tar_samples(url, strict, lazy), start=1):
             position = start + count - 1
             if count > expected:
                 message = f"{url}: sample {raw['__key__']} is past the {expected} samples its _index.json entry lists"
@@ -127,6 +153,29 @@ class ShardSplit:
             LOG.warning("%s; %d samples of this reader's share lost", message, lost)
             if lost:
                 stats.skip(url, lost)
+
+
+# mallopt(3) parameters of glibc's malloc.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Make glibc reuse the memory a reader frees. By default it serves large allocations (a 1024 px
+    image is 4 MiB as float32) with fresh pages from mmap and hands freed memory back to the kernel, so
+    a reader building and dropping batches of such images page-faults about a thousand times per image,
+    which cost 15-20 % of the 1024 px training reader's time (#20). Allocations up to 256 MiB then come
+    from the heap, and up to 1 GiB of freed memory stays there for reuse: the process keeps its peak
+    (a few batches and the shuffle buffer). Not glibc (no libc.so.6): left to its own allocator."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    if not libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20):
+        # Older glibc refuses thresholds above 32 MiB (HEAP_MAX_SIZE / 2); single images still fit under it.
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _batches(items: Iterator[Item], batch_size: int) -> Iterator[Item]:
@@ -172,14 +221,20 @@ class TrainReader(torch.utils.data.IterableDataset):
             counts = index.split_class_counts.get(config.split, {})
             self.factors = class_repeat_factors(counts, index.classes, self.real.num_samples, config.repeat_threshold)
         self.epoch = 0
+        self.start = 0
         self.stats = DecodeStats()
         self._planned = self.steps_per_epoch * config.batch_size
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Read epoch `epoch` from its batch `start` on (a resumed run: see the module docstring)."""
+        if not 0 <= start <= self.steps_per_epoch:
+            raise ValueError(f"start batch {start} is outside the epoch's {self.steps_per_epoch} batches")
         self.epoch = epoch
+        self.start = start
 
     def __len__(self) -> int:
-        return self.steps_per_epoch
+        """Batches one iteration yields: the epoch's from `start` on."""
+        return self.steps_per_epoch - self.start
 
     def _check_damage(self, stats: DecodeStats, worker: int, final: bool) -> None:
         """Fail once skipped samples pass max_bad_fraction of those read (see the module docstring)."""
@@ -195,7 +250,8 @@ class TrainReader(torch.utils.data.IterableDataset):
             )
         if final:
             LOG.warning(
-                "%s: skipped %d of %d samples as damaged in epoch %d (rank %d, worker %d; within max_bad_fraction=%s): %s",
+                "%s: skipped %d of %d samples as damaged in epoch %d (rank %d, worker %d; within "
+                "max_bad_fraction=%s): %s",
                 self.real.directory,
                 stats.bad_samples,
                 stats.samples,
@@ -207,7 +263,13 @@ class TrainReader(torch.utils.data.IterableDataset):
             )
 
     def _resampled(
-        self, split: ShardSplit, slot: Slot, rng: np.random.Generator, stats: DecodeStats, worker: int
+        self,
+        split: ShardSplit,
+        slot: Slot,
+        rng: np.random.Generator,
+        stats: DecodeStats,
+        worker: int,
+        skipping: Callable[[], bool],
     ) -> Iterator[Raw]:
         sizes = np.array([split.entries[s].num_samples for s in slot.shards], dtype=np.float64)
         if split.slot_size(slot) == 0:
@@ -216,33 +278,51 @@ class TrainReader(torch.utils.data.IterableDataset):
                 "use fewer ranks/workers or more shards"
             )
         while True:
-            yield from split.read(slot.shards[rng.choice(len(sizes), p=sizes / sizes.sum())], slot, stats)
+            shard = slot.shards[rng.choice(len(sizes), p=sizes / sizes.sum())]
+            yield from split.read(shard, slot, stats, skipping=skipping)
             self._check_damage(stats, worker, final=False)
 
     def __iter__(self) -> Iterator[Item]:
         worker, num_workers = worker_context()
         c = self.config
-        rng = np.random.default_rng([c.seed, self.epoch, self.rank, worker])
-        slot = slot_for(len(self.real.entries), self.rank, self.world_size, worker, num_workers)
-        count = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
-        self._planned = count * c.batch_size
-        self.stats = stats = DecodeStats()  # this slot's epoch
-        stream = self._resampled(self.real, slot, rng, stats, worker)
+        # The worker whose batches come next in the uninterrupted epoch goes first (module docstring).
+        role = (worker + self.start) % num_workers
+        planned = self.steps_per_epoch // num_workers + (role < self.steps_per_epoch % num_workers)
+        done = self.start // num_workers + (role < self.start % num_workers)
+        if planned == done:
+            return
+        _keep_freed_memory()  # in the process that decodes: a DataLoader worker, or this one
+        entropy = [c.seed, self.epoch, self.rank, role]
+        rng = np.random.default_rng(entropy)
+        slot = slot_for(len(self.real.entries), self.rank, self.world_size, role, num_workers)
+        self._planned = (planned - done) * c.batch_size
+        self.stats = stats = DecodeStats()  # this slot's epoch (from the resume point)
+        skipping = True
+
+        def still_skipping() -> bool:
+            return skipping
+
+        stream = self._resampled(self.real, slot, rng, stats, role, still_skipping)
         if self.factors is not None:
             stream = repeat_by_factor(stream, lambda sample: sample[2], self.factors, rng)
         for split, ratio in self.mixes:
-            extra_slot = slot_for(len(split.entries), self.rank, self.world_size, worker, num_workers)
-            stream = mix(stream, self._resampled(split, extra_slot, rng, stats, worker), ratio, rng)
+            extra_slot = slot_for(len(split.entries), self.rank, self.world_size, role, num_workers)
+            stream = mix(stream, self._resampled(split, extra_slot, rng, stats, role, still_skipping), ratio, rng)
         stream = _shuffle(stream, bufsize=c.shuffle_buffer, initial=c.shuffle_buffer, seed=int(rng.integers(2**62)))
         decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, stats, views="sample")
+        skipped = done * c.batch_size
+        for _ in itertools.islice(stream, skipped):  # this worker's samples before `start`: drawn, not decoded
+            pass
+        skipping = False
 
         def items() -> Iterator[Item]:
-            for raw, meta, _ in stream:
-                yield from decoder(raw, meta, rng)
-                self._check_damage(stats, worker, final=False)
+            for k, (raw, meta, _) in enumerate(stream, start=skipped):
+                sample_rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(k,)))
+                yield from decoder(raw, meta, sample_rng)
+                self._check_damage(stats, role, final=False)
 
-        yield from itertools.islice(_batches(items(), c.batch_size), count)
-        self._check_damage(stats, worker, final=True)
+        yield from itertools.islice(_batches(items(), c.batch_size), planned - done)
+        self._check_damage(stats, role, final=True)
 
 
 class EvalReader(torch.utils.data.IterableDataset):
