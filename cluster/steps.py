@@ -81,29 +81,54 @@ def task(script: Script, args: Sequence[Word], run_dir: Word | None = None) -> S
 
 def predict(script: Script, cfg: SlurmConfig, args: Sequence[Word]) -> Script:
     """`cxrlt predict ARGS` as one task; its ranks (--nproc) are those of one node."""
-    nproc = [] if "--nproc" in args else ["--nproc", cfg.ranks]
+    nproc: list[Word] = [] if "--nproc" in args else ["--nproc", cfg.ranks]
     return task(script, ["predict", *args, *nproc])
 
 
+# The first Ray with token authentication (RAY_AUTH_MODE=token); an older one ignores the variable.
+RAY_TOKEN_AUTH_SINCE = "2.52.0"
+
+
 def tune(script: Script, cfg: SlurmConfig, args: Sequence[Word], run_dir: Word) -> Script:
-    """A Ray head on the first node, one Ray worker per other node, then `cxrlt tune ARGS` on the head."""
+    """A Ray head on the first node, one Ray worker per other node, then `cxrlt tune ARGS` on the head.
+
+    Ray runs whatever code a client sends it, and its GCS and raylets listen on every interface of the
+    node whatever --node-ip-address says, so the cluster is closed with Ray's token authentication: a
+    fresh random token per job, exported to every srun task (and the tune driver) through the
+    environment, never written to the script, a file or a log. Each node advertises its own address
+    from the allocation's host list; the dashboard is off and its remaining process bound to loopback.
+    """
     cpus = '"${SLURM_CPUS_PER_TASK:-1}"'
     resources = f"--num-cpus={cpus} --num-gpus={cfg.gpus_per_node} --block"
+    hardening = "--include-dashboard=false --dashboard-host=127.0.0.1 --disable-usage-stats"
+    since = RAY_TOKEN_AUTH_SINCE
     preemption(script, line(run_dir))
     script.add(
         "",
-        "# a Ray cluster across the allocation; cxrlt tune connects through RAY_ADDRESS",
+        "# a Ray cluster across the allocation, closed by a per-job token; cxrlt tune connects through",
+        "# RAY_ADDRESS and authenticates with the token it inherits",
+        "RAY_VERSION=$(\"${PREFIX[@]}\" ray --version | awk '{print $NF}')",
+        f'if [ "$(printf \'%s\\n\' {since} "$RAY_VERSION" | sort -V | head -n1)" != {since} ]; then',
+        f'  echo "cxrlt: Ray $RAY_VERSION has no token authentication (needs {since}+);'
+        ' not starting an open Ray cluster" >&2',
+        "  exit 1",
+        "fi",
+        "export RAY_AUTH_MODE=token",
+        "RAY_AUTH_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
+        "export RAY_AUTH_TOKEN",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-        "HEAD_IP=$(getent ahostsv4 \"${NODES[0]}\" | awk 'NR == 1 {print $1}')",
+        "node_ip() { getent ahostsv4 \"$1\" | awk 'NR == 1 {print $1}'; }",
+        'HEAD_IP=$(node_ip "${NODES[0]}")',
         f'export RAY_ADDRESS="$HEAD_IP:{cfg.ray_port}"',
         'srun --nodes=1 --ntasks=1 -w "${NODES[0]}" "${PREFIX[@]}" ray start --head --node-ip-address="$HEAD_IP"'
-        f" --port={cfg.ray_port} {resources} &",
+        f" --port={cfg.ray_port} {hardening} {resources} &",
         "for _ in $(seq 120); do",
         '  "${PREFIX[@]}" ray status --address "$RAY_ADDRESS" >/dev/null 2>&1 && break',
         "  sleep 1",
         "done",
         'for node in "${NODES[@]:1}"; do',
-        f'  srun --nodes=1 --ntasks=1 -w "$node" "${{PREFIX[@]}}" ray start --address="$RAY_ADDRESS" {resources} &',
+        '  srun --nodes=1 --ntasks=1 -w "$node" "${PREFIX[@]}" ray start --address="$RAY_ADDRESS"'
+        f' --node-ip-address="$(node_ip "$node")" --disable-usage-stats {resources} &',
         "done",
         "",
     )

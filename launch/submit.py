@@ -51,15 +51,16 @@ def run_validate(args: argparse.Namespace) -> int:
     for kind, faults in by_kind.items():
         for fault in faults[:SHOWN_PER_KIND]:
             print(fault)
-        if len(faults) > SHOWN_PER_KIND:
-            print(f"[{kind}] ... and {len(faults) - SHOWN_PER_KIND} more")
+        # report.counts: every fault of the kind, also those past the ones the report keeps.
+        if report.counts[kind] > SHOWN_PER_KIND:
+            print(f"[{kind}] ... and {report.counts[kind] - SHOWN_PER_KIND} more")
     for warning in report.warnings:
         print(f"warning: {warning}")
     if report.ok:
         print(f"{args.submission}: valid {args.task} submission, {report.n_rows} rows")
         return 0
-    counts = ", ".join(f"{len(f)} {k}" for k, f in by_kind.items())
-    print(f"{args.submission}: INVALID for {args.task}: {len(report.faults)} faults ({counts})")
+    counts = ", ".join(f"{report.counts[k]} {k}" for k in by_kind)
+    print(f"{args.submission}: INVALID for {args.task}: {report.counts.total()} faults ({counts})")
     return EXIT_INVALID
 
 

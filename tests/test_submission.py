@@ -1,6 +1,9 @@
 """`cxrlt submit validate`: a correct submission passes; every format fault is reported with its line
 or column and a non-zero exit status."""
 
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 
 from cxrlt.errors import InputError
 from cxrlt.labels import TASK_SCHEMAS
-from cxrlt.submission import expected_ids, validate_submission
+from cxrlt.submission import FAULTS_KEPT_PER_KIND, expected_ids, validate_submission
 from tests.cli import cxrlt
 
 IDS = [f"{i:040x}"[-40:] for i in range(1, 31)]
@@ -135,3 +138,87 @@ def test_messages_quote_at_most_a_short_prefix_of_a_huge_cell(tmp_path):
     assert len(faults) == 4 and all(len(f) < 200 for f in faults)
     assert "[value] line 2, column 'Mass': not a probability: '" + "9" * 60 + "'... (9000000 characters)" in faults
     assert "[value] line 3, column 'Edema': not a probability: '" + "x" * 60 + "'... (9000000 characters)" in faults
+
+
+def test_a_header_longer_than_csvs_field_limit_is_a_fault_not_a_traceback(tmp_path, ids_csv):
+    # One 200 KiB header field: Python's csv module refuses fields over 128 KiB with an exception.
+    path = tmp_path / "s.csv"
+    frame = submission("t1").rename(columns={"Edema": "E" * 200_000})
+    frame.to_csv(path, index=False)
+    assert [str(f) for f in validate_submission(path, "t1", IDS).faults] == [
+        "[header] line 1: longer than 64 KiB; it holds only 'dicom_id' and the class names"
+    ]
+    run = cxrlt("submit", "validate", "--task", "t1", "--ids", ids_csv, path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert f"{path}: INVALID for t1: 1 faults (1 header)" in run.stdout
+
+
+def test_a_csv_over_the_size_cap_is_refused_before_it_is_read(tmp_path):
+    # A 300 MB CSV deflated into a ~3 MB zip (a zip bomb in small): refused by its declared size.
+    header = ",".join(["dicom_id", *TASK_SCHEMAS["t2"].classes]) + "\n"
+    block = (IDS[0] + ",0.5" * len(TASK_SCHEMAS["t2"].classes) + "\n").encode() * 10_000
+    with (
+        zipfile.ZipFile(tmp_path / "s.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive,
+        archive.open("submission.csv", "w", force_zip64=True) as member,
+    ):
+        member.write(header.encode())
+        for _ in range(300 * 10**6 // len(block)):
+            member.write(block)
+    with pytest.raises(InputError, match=r"s\.zip: submission\.csv is 28\d MiB uncompressed; .* at most 256 MiB"):
+        validate_submission(tmp_path / "s.zip", "t2", IDS)
+    plain = tmp_path / "s.csv"
+    plain.write_text(header)
+    os.truncate(plain, 300 * 10**6)  # sparse: the size is all that is looked at
+    with pytest.raises(InputError, match=r"s\.csv is 286 MiB uncompressed; .* at most 256 MiB"):
+        validate_submission(plain, "t2", IDS)
+
+
+# Validating a 13 MiB submission in a process of its own, printing how far the peak RSS rose.
+_MEMORY_SCRIPT = """
+import sys
+from pathlib import Path
+from cxrlt.labels import TASK_SCHEMAS
+from cxrlt.submission import validate_submission
+path, rows = Path(sys.argv[1]), int(sys.argv[2])
+classes = TASK_SCHEMAS["t2"].classes
+ids = [f"{i:040x}" for i in range(rows)]
+
+def peak_rss_mib():
+    # VmHWM: this process's own peak (getrusage's ru_maxrss carries the parent's peak across exec).
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) // 1024
+
+with path.open("w") as f:
+    f.write(",".join(["dicom_id", *classes]) + "\\n")
+    f.writelines(f"{i}{',0.5' * len(classes)}\\n" for i in ids)
+before = peak_rss_mib()
+report = validate_submission(path, "t2", ids)
+assert report.ok and report.n_rows == rows, report.faults[:3]
+print(peak_rss_mib() - before)
+"""
+
+
+def test_validation_streams_the_rows_in_bounded_memory(tmp_path):
+    # Reading the whole 13 MiB file as text, then as one frame, raised the peak RSS by ~150 MiB.
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(tmp_path / "s.csv"), "100000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) < 80, f"peak RSS rose by {done.stdout.strip()} MiB"
+
+
+def test_faults_past_the_kept_number_are_counted(tmp_path, ids_csv):
+    frame = submission("t3").astype(object)
+    frame = pd.concat([frame] * 50, ignore_index=True)  # 1500 rows: 1470 duplicate ids
+    frame["Hilum"] = "high"
+    path = tmp_path / "s.csv"
+    frame.to_csv(path, index=False)
+    report = validate_submission(path, "t3", IDS)
+    assert report.counts == {"id": 1470, "value": 1500}
+    assert len(report.faults) == 2 * FAULTS_KEPT_PER_KIND
+    run = cxrlt("submit", "validate", "--task", "t3", "--ids", ids_csv, path)
+    assert "[value] ... and 1480 more" in run.stdout
+    assert "INVALID for t3: 2970 faults (1470 id, 1500 value)" in run.stdout

@@ -6,15 +6,22 @@ One checkpoint is a folder `checkpoints/step-<optimizer step>/` holding
   without improvement, history) and the resolved config's hash;
 - `ema.pt`: the EMA weights (rank 0; identical on every rank);
 - `rng-<rank>.pt`: each rank's torch RNG states (dropout, stochastic depth). The data order needs no
-  RNG state: the readers are seeded by (seed, epoch, rank, worker) and replay to the saved position.
+  RNG state: the readers are seeded by (seed, epoch, rank, worker) and skip to the saved micro-step
+  without decoding the batches before it (TrainReader.set_epoch).
 All ranks write into `.tmp-step-<n>/`; after a barrier rank 0 renames it and rewrites `latest`, so a
-run killed at any moment leaves only complete checkpoints visible. Everything except DeepSpeed's own
-files loads with `weights_only=True`.
+run killed at any moment leaves only complete checkpoints visible.
+
+Every file loads with `torch.load(weights_only=True)`, DeepSpeed's included: its own `load_checkpoint`
+unpickles with `weights_only=False`, which runs whatever code a planted `.pt` carries, so `load` hands it
+a checkpoint engine that loads weights-only, allowing just the three plain DeepSpeed classes its ZeRO
+files hold (`DEEPSPEED_GLOBALS`). A file needing anything else is refused before its code can run and
+counts as damaged, naming the file.
 
 Resuming (`restore`) tries the checkpoint `latest` names, then the older kept ones, newest first. A
 checkpoint whose files are damaged (a `.pt` that is not a whole zip or fails its CRC-32 check, which
-`torch.load` does not do; a `state.json` that does not parse; DeepSpeed refusing it) is passed over
-with a warning naming the bad file; only when none loads is it an InputError. Every rank checks the
+`torch.load` does not do; a `.pt` that pickles anything but tensors and plain values; a `state.json`
+that does not parse; DeepSpeed refusing it) is passed over with a warning naming the bad file; only
+when none loads is it an InputError. Every rank checks the
 same files, so all ranks fall back to the same checkpoint. A later save removes checkpoints newer
 than itself (the abandoned damaged ones), so pruning keeps the good ones.
 """
@@ -27,11 +34,16 @@ import re
 import shutil
 import sys
 import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 
 from cxrlt.atomic import atomic_path, write_text_atomic
 from cxrlt.errors import InputError
@@ -41,6 +53,12 @@ STEP_DIR = re.compile(r"step-\d+")
 LATEST = "latest"
 STATE = "state.json"
 EMA = "ema.pt"
+# The only classes in DeepSpeed's checkpoint files for the configurations the trainer allows (ZeRO 0-2,
+# DeepSpeed's fp16/bf16 modes off), as `torch.serialization.get_unsafe_globals_in_checkpoint` lists
+# them: a ZeRO-1/2 optimizer file keeps its loss scaler, the stage as an enum and each parameter's
+# (start, numel) slice. All three are rebuilt from plain values, so allowing them runs no file's code.
+DEEPSPEED_GLOBALS: tuple[type, ...] = (LossScaler, ZeroStageEnum, fragment_address)
+_REFUSAL = re.compile(r"WeightsUnpickler error: (.*?)(?:\. Please|\n|$)")
 
 
 @dataclass
@@ -72,6 +90,50 @@ class DamagedCheckpoint(InputError):
     """A checkpoint folder with a damaged file; the message names the file."""
 
 
+def load_weights_only(path: str | Path, allowed: Sequence[type] = (), map_location: Any = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)` with the classes `allowed` besides torch's defaults, for
+    this call only. A file that needs anything else (a planted pickle that would run code) is refused
+    before that object is built: DamagedCheckpoint naming the file and what it asked for."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _REFUSAL.search(str(e))
+        reason = found.group(1) if found else str(e).splitlines()[0]
+        raise DamagedCheckpoint(
+            f"{path} does not load as plain weights ({reason}); training checkpoints hold only tensors and "
+            "plain values, so it was refused unpickled"
+        ) from None
+
+
+class _WeightsOnlyCheckpointEngine:
+    """DeepSpeed's checkpoint engine with `load` made weights-only; every other call goes to `inner`.
+
+    All of DeepSpeed's reads in `engine.load_checkpoint` (module, optimizer partitions, scheduler) go
+    through `engine.checkpoint_engine.load`, whose stock version uses `weights_only=False`."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_weights_only(path, DEEPSPEED_GLOBALS, map_location)
+
+
+@contextmanager
+def _weights_only_loads(engine: Any) -> Iterator[None]:
+    """Within the block, `engine` loads its checkpoint files weights-only; the engine's own checkpoint
+    engine is put back after, so nothing outlives the load."""
+    inner = engine.checkpoint_engine
+    engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(inner)
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = inner
+
+
 def check_files(folder: Path, want_ema: bool) -> None:
     """Raise DamagedCheckpoint naming the first damaged file of a checkpoint folder."""
     try:
@@ -95,6 +157,18 @@ def check_files(folder: Path, want_ema: bool) -> None:
             raise DamagedCheckpoint(f"{path} is truncated or damaged ({e})") from None
         if bad is not None:
             raise DamagedCheckpoint(f"{path} is damaged (record {bad} fails its CRC-32 check)")
+        # A static read of the pickle's imports (nothing is unpickled). The weights-only loads refuse
+        # such a file anyway, but only on the ranks that load it (`rng-<rank>.pt` on one); refusing it
+        # here, where every rank reads every file, keeps all ranks on the same checkpoint.
+        try:
+            with torch.serialization.safe_globals(list(DEEPSPEED_GLOBALS)):
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (RuntimeError, ValueError) as e:
+            raise DamagedCheckpoint(f"{path} is not a torch-saved file ({e})") from None
+        if unsafe:
+            raise DamagedCheckpoint(
+                f"{path} pickles code or objects, not only weights ({', '.join(sorted(unsafe))}); refused unpickled"
+            )
 
 
 class Checkpointer:
@@ -202,15 +276,20 @@ class Checkpointer:
                 "resume with the run's own config.toml or start a new out_dir"
             )
         try:
-            loaded, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+            with _weights_only_loads(engine):
+                loaded, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        except DamagedCheckpoint:
+            raise
         except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
             raise DamagedCheckpoint(f"{folder}: DeepSpeed could not load it ({type(e).__name__}: {e})") from None
         if loaded is None:
             raise DamagedCheckpoint(f"{folder}: DeepSpeed could not load this checkpoint")
         if ema is not None:
             try:
-                ema.load_state_dict(torch.load(folder / EMA, map_location="cpu", weights_only=True))
-            except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
+                ema.load_state_dict(load_weights_only(folder / EMA))
+            except DamagedCheckpoint:
+                raise
+            except (RuntimeError, OSError, EOFError, ValueError, KeyError) as e:
                 raise DamagedCheckpoint(f"{folder / EMA} does not load ({type(e).__name__}: {e})") from None
         return TrainState(**payload)
 
@@ -220,4 +299,4 @@ class Checkpointer:
         path = folder / f"rng-{self.rank}.pt"
         if not path.is_file():
             raise InputError(f"{path} is missing: resume with the same number of ranks as the saved run")
-        _set_rng_state(torch.load(path, map_location="cpu", weights_only=True))
+        _set_rng_state(load_weights_only(path))

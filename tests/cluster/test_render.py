@@ -3,7 +3,10 @@ the [slurm] resources, environment and preemption protocol, and bad input fails 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +172,26 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_status_without_submissions(tmp_path: Path) -> None:
     done = cxrlt("slurm", "status", cwd=tmp_path)
     assert done.returncode == 2 and "no submissions under slurm-jobs" in done.stderr
+
+
+def test_tune_script_closes_the_ray_cluster_with_a_per_job_token(tmp_path: Path, slurm_tools: None) -> None:
+    # Ray's GCS and raylets listen on every interface, so the token is what keeps the cluster network out.
+    [script] = dry_run(tmp_path, "tune", GPU_TRAIN)
+    head = re.search(r"^srun .* ray start --head .*$", script, flags=re.M).group(0)
+    worker = re.search(r"^  srun .* ray start --address=.*$", script, flags=re.M).group(0)
+    assert '--node-ip-address="$HEAD_IP"' in head and '--node-ip-address="$(node_ip "$node")"' in worker
+    assert "--include-dashboard=false --dashboard-host=127.0.0.1" in head and "0.0.0.0" not in script
+    assert script.index("export RAY_AUTH_TOKEN") < script.index("ray start --head")
+    # The prologue as the job runs it, with the installed Ray: it passes the version check and exports
+    # a fresh 256-bit token each time, one that appears nowhere in the script.
+    lines = script.splitlines()
+    start = next(i for i, text in enumerate(lines) if text.startswith("RAY_VERSION="))
+    end = lines.index("export RAY_AUTH_TOKEN")
+    prologue = "\n".join(
+        ["set -euo pipefail", "PREFIX=()", *lines[start : end + 1], 'echo "$RAY_AUTH_MODE $RAY_AUTH_TOKEN"']
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    runs = [subprocess.run(["bash", "-c", prologue], capture_output=True, text=True, env=env) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    (mode, first), (_, second) = (r.stdout.split() for r in runs)
+    assert mode == "token" and re.fullmatch(r"[0-9a-f]{64}", first) and first != second and first not in script
