@@ -505,6 +505,47 @@ PADCHEST = Schema(
     total=160_861,
 )
 
+# --- VinDr-CXR -----------------------------------------------------------------------------------
+
+# The 22 local findings then the 6 global labels, in the column order of image_labels_train.csv /
+# image_labels_test.csv (PhysioNet vindr-cxr 1.0.0); training images read by 3 radiologists each, test
+# images by a 5-radiologist consensus. Counts were not published per label, so groups come from shards.
+VINDR_CXR = Schema(
+    name="vindr-cxr",
+    classes=(
+        "Aortic enlargement",
+        "Atelectasis",
+        "Calcification",
+        "Cardiomegaly",
+        "Clavicle fracture",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Enlarged PA",
+        "ILD",
+        "Infiltration",
+        "Lung Opacity",
+        "Lung cavity",
+        "Lung cyst",
+        "Mediastinal shift",
+        "Nodule/Mass",
+        "Pleural effusion",
+        "Pleural thickening",
+        "Pneumothorax",
+        "Pulmonary fibrosis",
+        "Rib fracture",
+        "Other lesion",
+        "COPD",
+        "Lung tumor",
+        "Pneumonia",
+        "Tuberculosis",
+        "Other diseases",
+        "No finding",
+    ),
+    description="VinDr-CXR: 22 local findings + 6 diagnoses in its CSV order (radiologist labels, PA views)",
+    naming="vindr",
+)
+
 SCHEMAS: Mapping[str, Schema] = MappingProxyType(
     {
         s.name: s
@@ -517,6 +558,7 @@ SCHEMAS: Mapping[str, Schema] = MappingProxyType(
             NIH_14,
             CHEXPERT_14,
             PADCHEST,
+            VINDR_CXR,
         )
     }
 )
@@ -546,6 +588,19 @@ ALIASES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             {"Effusion": "Pleural Effusion", "Pleural_Thickening": "Pleural Thickening", "No Finding": "Normal"}
         ),
         "chexpert": MappingProxyType({"No Finding": "Normal"}),
+        # VinDr names with a CXR-LT 2024 class of the same meaning; the rest stay VinDr's own (and so
+        # unknown under CXR-LT schemas): "Nodule/Mass" is neither Nodule nor Mass alone, "Calcification"
+        # is any calcification (not only the aorta's), "Aortic enlargement" is not "Tortuous Aorta".
+        "vindr": MappingProxyType(
+            {
+                "Clavicle fracture": "Clavicle Fracture",
+                "Pleural effusion": "Pleural Effusion",
+                "Pleural thickening": "Pleural Thickening",
+                "Pulmonary fibrosis": "Fibrosis",
+                "Rib fracture": "Rib Fracture",
+                "No finding": "Normal",
+            }
+        ),
         # One PadChest name per CXR-LT class (harmonisation needs a one-to-one map); the closest PadChest
         # term where the wording differs ("aortic elongation" is the report term for a tortuous aorta).
         "padchest": MappingProxyType(

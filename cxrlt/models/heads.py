@@ -77,6 +77,10 @@ class LinearHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
 
+    def per_class_tensors(self) -> tuple[str, ...]:
+        """State-dict entries whose rows (axis 0) belong to one class each (cross-schema transfer)."""
+        return ("fc.weight", "fc.bias")
+
     def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         tokens = as_tokens(features)
         if padding_mask is None:
@@ -121,6 +125,8 @@ class MLDecoderHead(nn.Module):
     shared by all classes, so `set_class_embeddings` can swap in classes never trained on.
     """
 
+    class_embeddings: torch.Tensor  # (K, E) buffer, text mode only
+
     def __init__(
         self,
         in_features: int,
@@ -138,7 +144,7 @@ class MLDecoderHead(nn.Module):
         self.embed = nn.Linear(in_features, dim)
         self.layers = nn.ModuleList(_DecoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers))
         self.text_mode = class_embeddings is not None
-        if self.text_mode:
+        if class_embeddings is not None:
             if class_embeddings.ndim != 2 or len(class_embeddings) != num_classes:
                 raise ValueError(f"class_embeddings must be ({num_classes}, E), got {tuple(class_embeddings.shape)}")
             self.register_buffer("class_embeddings", class_embeddings.detach().float().clone())
@@ -160,6 +166,22 @@ class MLDecoderHead(nn.Module):
         if class_embeddings.ndim != 2 or class_embeddings.shape[1] != self.class_embeddings.shape[1]:
             raise ValueError(f"class_embeddings must be (K, {self.class_embeddings.shape[1]})")
         self.class_embeddings = class_embeddings.detach().to(self.class_embeddings).clone()
+
+    def per_class_tensors(self) -> tuple[str, ...]:
+        """State-dict entries whose rows (axis 0) belong to one class each (cross-schema transfer).
+
+        Text mode: each class's text embedding. Group mode: a class's query, projection and bias, which
+        are its own only when every class has a group of its own (K <= num_groups); a group decoding
+        several classes cannot be split between schemas.
+        """
+        if self.text_mode:
+            return ("class_embeddings",)
+        if self.group_weight.shape[-1] != 1:
+            raise ValueError(
+                f"the ML-Decoder groups decode {self.group_weight.shape[-1]} classes each; per-class rows need "
+                f"one group per class (model.head.num_groups >= {self.num_classes})"
+            )
+        return ("queries", "group_weight", "group_bias")
 
     def no_weight_decay(self) -> set[str]:
         """The group queries are query embeddings, not weights to shrink (read by the trainer, as timm's)."""

@@ -1,4 +1,5 @@
-"""Backbone factory: every registered backbone trains at 64 px, checkpoints load exactly, mismatches explain."""
+"""Backbone factory: every registered backbone builds at its own size rule, the tiny ones train at 64 px,
+checkpoints load exactly, mismatches explain."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ TINY = [n for n in BACKBONES if BACKBONES.get(n).tiny]
 LARGE = [n for n in BACKBONES if not BACKBONES.get(n).tiny]
 
 
-def _forward_backward(name: str, in_chans: int = 1, size: int = 64) -> None:
+def _forward_backward(name: str, in_chans: int = 1) -> None:
+    """At 64 px, or the nearest size of the backbone's rule (56 for patch 14)."""
+    multiple = BACKBONES.get(name).size_multiple
+    size = 64 // multiple * multiple
     torch.manual_seed(0)
-    backbone = create_backbone(BackboneConfig(name=name, in_chans=in_chans, img_size=64))
+    backbone = create_backbone(BackboneConfig(name=name, in_chans=in_chans, img_size=size))
     images = torch.randn(2, in_chans, size, size)
     features = backbone(images)
     assert features.shape == (2, backbone.num_features, size // backbone.stride, size // backbone.stride)
@@ -26,11 +30,81 @@ def _forward_backward(name: str, in_chans: int = 1, size: int = 64) -> None:
     assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
 
 
+# The backbones CXR-LT 2024 teams reported (issue #18): team B EfficientNetV2-L, team E DINOv2 ViT-L/14,
+# team F ConvNeXtV2-S and MaxViT-T, team I DenseNet-121, SigLIP ViT-B/16 and ConvNeXt-S; plus ResNet-50.
+TEAM_BACKBONES = {
+    "vit_small_patch14_dinov2": 14,
+    "vit_base_patch14_dinov2": 14,
+    "vit_large_patch14_dinov2": 14,
+    "convnextv2_small": 32,
+    "convnextv2_base": 32,
+    "efficientnetv2_m": 32,
+    "efficientnetv2_l": 32,
+    "tf_efficientnetv2_l": 32,
+    "resnet50": 32,
+    "vit_base_patch16_siglip_224": 16,
+    "maxvit_tiny_tf_224": 32,
+    "densenet121": 32,
+    "convnext_small": 32,
+}
+
+
 def test_registry_covers_the_required_families():
     families = {BACKBONES.get(n).family for n in BACKBONES}
-    assert families == {"convnext", "convnextv2", "efficientnetv2", "tf_efficientnetv2", "vit", "maxvit", "densenet"}
-    assert "densenet121" in BACKBONES
+    assert families == {
+        "convnext",
+        "convnextv2",
+        "efficientnetv2",
+        "tf_efficientnetv2",
+        "resnet",
+        "vit",
+        "dinov2",
+        "siglip",
+        "maxvit",
+        "densenet",
+    }
+    assert {n: BACKBONES.get(n).size_multiple for n in TEAM_BACKBONES} == TEAM_BACKBONES
     assert all(name in timm.list_models() for name in BACKBONES)
+
+
+@pytest.mark.parametrize("name", [n for n in TEAM_BACKBONES if not BACKBONES.get(n).tiny])
+def test_full_size_team_backbone_builds_on_the_meta_device_with_its_size_rule(name):
+    """The full architecture through create_backbone, without allocating or initialising its weights:
+    the timm name resolves, and the size rule is the model's real output stride."""
+    size = 2 * BACKBONES.get(name).size_multiple
+    with torch.device("meta"):
+        backbone = create_backbone(BackboneConfig(name=name, img_size=size))
+    assert backbone.stride == BACKBONES.get(name).size_multiple
+    assert sum(p.numel() for p in backbone.parameters()) > 20_000_000  # the real size, not a small sibling
+    if name == "vit_large_patch14_dinov2":
+        with torch.device("meta"):
+            assert backbone(torch.empty(2, 1, size, size)).shape == (2, 1024, 2, 2)
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_base_patch16_siglip_224", "resnet50"])
+def test_config_follows_the_backbone_size_rule(name):
+    multiple = BACKBONES.get(name).size_multiple
+    assert BackboneConfig(name=name, img_size=multiple * 24).img_size == multiple * 24
+    with pytest.raises(ValueError, match=f"multiple of {multiple} for {name}"):
+        BackboneConfig(name=name, img_size=multiple * 24 + 8)
+
+
+def test_patch14_sizes_the_cxr_lt_teams_trained_at():
+    for size in (224, 336, 448, 518):
+        assert BackboneConfig(name="vit_large_patch14_dinov2", img_size=size).img_size == size
+    with pytest.raises(ValueError, match="multiple of 32 for convnextv2_small"):
+        BackboneConfig(name="convnextv2_small", img_size=336)
+
+
+def test_dinov2_trains_at_patch14_sizes():
+    torch.manual_seed(0)
+    backbone = create_backbone(BackboneConfig(name="vit_small_patch14_dinov2", img_size=56))
+    assert backbone.stride == 14
+    features = backbone(torch.randn(2, 1, 56, 56))
+    assert features.shape == (2, 384, 4, 4)
+    features.square().mean().backward()
+    assert all(p.grad is not None for p in backbone.parameters())  # layer scale and class token included
+    assert backbone.eval()(torch.randn(1, 1, 98, 70)).shape == (1, 384, 7, 5)
 
 
 @pytest.mark.parametrize("name", TINY)
