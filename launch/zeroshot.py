@@ -16,7 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Rules (TOML, see configs/fewshot-iu-task3.toml) are matched in report sections with "
         "negation cues; one row per image of each drawn report.",
     )
-    mine.add_argument("--reports", required=True, type=Path, help="IU X-ray report .tgz or folder of XML")
+    mine.add_argument(
+        "--reports",
+        required=True,
+        type=Path,
+        help="IU X-ray report .tgz or folder of XML, or a MIMIC-CXR report tree (files/pNN/pSUBJECT/sSTUDY.txt)",
+    )
+    mine.add_argument("--images", type=Path, help="MIMIC-CXR-JPG root: gives MIMIC reports their image (DICOM) ids")
     mine.add_argument("--rules", required=True, type=Path, help="mining config TOML ([rules.<class>] terms)")
     mine.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     mine.add_argument("--out", required=True, type=Path, help="examples CSV")
@@ -47,11 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_mine(args: argparse.Namespace) -> int:
     from cxrlt.config import load_config
+    from cxrlt.data.mimic_reports import is_mimic_tree, read_mimic_reports
     from cxrlt.data.mining import MiningConfig, mine_examples, write_examples
     from cxrlt.data.reports import read_iu_reports
+    from cxrlt.errors import InputError
 
     cfg = load_config(MiningConfig, args.rules, args.overrides)
-    examples = mine_examples(read_iu_reports(args.reports), cfg)
+    if is_mimic_tree(args.reports):
+        if args.images is None:
+            raise InputError("--reports is a MIMIC-CXR tree: give --images (MIMIC-CXR-JPG) for the reports' image ids")
+        reports = read_mimic_reports(args.reports, args.images)
+    else:
+        reports = read_iu_reports(args.reports)
+    examples = mine_examples(reports, cfg)
     write_examples(examples, args.out)
     for name in cfg.rules:
         labels = [e.label for e in examples if e.class_name == name]

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Literal
 
 from cxrlt.data.transforms import TransformConfig
+from cxrlt.errors import InputError
+from cxrlt.models.backbones import size_multiple
 from cxrlt.models.ema import EmaConfig
 from cxrlt.models.factory import ModelConfig
 from cxrlt.models.losses import LossConfig
 
-STAGES = ("image", "study", "student")
+STAGES = ("image", "study", "student", "contrastive")
 METRICS = ("mAP", "mAUROC", "mF1", "group_average_mAP", "loss")
-# Largest backbone stride: every registered family accepts sizes divisible by it.
-SIZE_MULTIPLE = 32
+INIT_HEADS = ("all", "shared", "none")
 
 
 def _finite(owner: object, *names: str) -> None:
@@ -99,6 +100,13 @@ class DataConfig:
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
             raise ValueError(f"repeat_threshold must be in (0, 1], got {self.repeat_threshold!r}")
 
+    @property
+    def shard_dir(self) -> Path:
+        """`shards`, which every run needs (trainers.stages.check_inputs refuses a config without it)."""
+        if self.shards is None:
+            raise InputError("data.shards is not set: give the shard folder written by `cxrlt shard`")
+        return self.shards
+
 
 @dataclass
 class OptimConfig:
@@ -175,17 +183,31 @@ class DeepSpeedConfig:
 
 @dataclass
 class StageConfig:
-    """name: "image", "study" or "student". init_from: a trained-model file (best.pt) whose weights start
-    this run: the whole model for image/student, the backbone of every view encoder for study.
+    """name: "image", "study", "student" or "contrastive" (image/study tower + report text, CLIP or
+    SigLIP; needs model.kind = "contrastive" and shards with report text, see trainers.contrastive).
+    init_from: a trained-model file (best.pt) whose weights start this run: the whole model for
+    image/student/contrastive, the backbone of every view encoder for study.
+    init_head: what of init_from's image model an image/student stage takes. "all": the whole model (the
+    file must be trained on the shards' classes); "shared": the backbone, the head's class-independent
+    weights and the head rows of the classes both schemas share by name (a model trained on another
+    schema, e.g. NIH-14 -> CXR-LT 2024); "none": the backbone only, a fresh head (cxrlt.models.crossschema).
     freeze_backbone: keep the backbone(s) fixed (only the head / fusion learn)."""
 
     name: str = "image"
     init_from: Path | None = None
+    init_head: str = "all"
     freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.name!r}")
+        if self.init_head not in INIT_HEADS:
+            raise ValueError(f"init_head must be one of {INIT_HEADS}, got {self.init_head!r}")
+        if self.init_head != "all" and self.name not in ("image", "student"):
+            raise ValueError(
+                f"init_head = {self.init_head!r} is for the image and student stages; the {self.name} stage "
+                "takes init_from as it is (study: the backbone of every view encoder)"
+            )
 
 
 @dataclass
@@ -229,9 +251,12 @@ class TrainConfig:
     resolutions: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        bad = [size for size in self.resolutions if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE]
+        multiple = size_multiple(self.model.backbone.name)
+        bad = [size for size in self.resolutions if size < multiple or size % multiple]
         if bad:
-            raise ValueError(f"resolutions {bad}: the backbones take multiples of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE})")
+            raise ValueError(
+                f"resolutions {bad}: backbone {self.model.backbone.name} takes multiples of {multiple} (>= {multiple})"
+            )
         if len(set(self.resolutions)) != len(self.resolutions):
             raise ValueError(f"resolutions must be distinct, got {self.resolutions}")
 
@@ -239,4 +264,4 @@ class TrainConfig:
     def level(self) -> str:
         """The reader level: study models read study batches, image and student stages image batches
         unless the model is a study model."""
-        return "study" if self.model.kind == "study" else "image"
+        return self.model.level

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cxrlt.atomic import write_text_atomic
 from cxrlt.data.readers import EvalReader, ReaderConfig, TrainReader, make_loader
 from cxrlt.data.shardset import ShardIndex
+from cxrlt.errors import InputError
 from cxrlt.labels import frequency_groups
 from cxrlt.metrics import Evaluation, evaluate
 from cxrlt.models.ema import create_ema
@@ -40,6 +41,7 @@ from trainers import distributed
 from trainers.batches import model_inputs
 from trainers.checkpointing import Checkpointer, TrainState
 from trainers.config import TrainConfig
+from trainers.contrastive import ContrastiveCriterion, report_kwargs
 from trainers.engine import build_engine, trainer_clips, use_bf16
 from trainers.inference import SplitOutputs, image_rows, predict_split
 from trainers.modelinit import build_member_model
@@ -134,11 +136,15 @@ def train_step(
     pseudo: PseudoLabels | None = None,
     held_out: Sequence[int] = (),
     clip: float = 0.0,
+    reports: bool = False,
 ) -> tuple[torch.Tensor, bool]:
     """One micro-step: forward, masked loss, backward, and the optimizer step when this micro-step ends
     a gradient-accumulation window. `clip` > 0 clips the gradient norm here (see
-    trainers.engine.trainer_clips). Returns (the detached loss, whether it was an optimizer step)."""
+    trainers.engine.trainer_clips). `reports`: the model also reads the batch's report text (the
+    contrastive stage). Returns (the detached loss, whether it was an optimizer step)."""
     inputs = model_inputs(batch, level, device)
+    if reports:
+        inputs.kwargs.update(report_kwargs(batch))
     targets = batch["labels"].to(device, non_blocking=True)
     if pseudo is not None:
         targets = pseudo.fill(batch["id"], targets)
@@ -176,7 +182,13 @@ def train_member(
     model = build_member_model(cfg, classes).to(ctx.device)
     torch.manual_seed(cfg.run.seed * 1000 + 1 + ctx.rank)  # per-rank dropout / stochastic depth
     ema = create_ema(model, cfg.ema)
-    criterion = build_criterion(cfg.loss, index, cfg.data.train_split).to(ctx.device)
+    contrastive = cfg.stage.name == "contrastive"
+    if contrastive:
+        if cfg.model.contrastive is None:  # trainers.stages refuses this pairing before any run starts
+            raise InputError("stage.name = 'contrastive' needs model.kind = 'contrastive'")
+        criterion: torch.nn.Module = ContrastiveCriterion(cfg.model.contrastive.loss)
+    else:
+        criterion = build_criterion(cfg.loss, index, cfg.data.train_split).to(ctx.device)
 
     reader_cfg = ReaderConfig(
         level=level,
@@ -193,7 +205,7 @@ def train_member(
         max_bad_fraction=cfg.data.max_bad_fraction,
     )
     reader = TrainReader(
-        cfg.data.shards,
+        cfg.data.shard_dir,
         reader_cfg,
         synthetic=cfg.data.synthetic,
         unlabelled=cfg.student.unlabelled if pseudo is not None else None,
@@ -208,7 +220,7 @@ def train_member(
     bf16 = use_bf16(cfg.deepspeed, ctx.device)
     clip = cfg.optim.grad_clip if trainer_clips(cfg.deepspeed) else 0.0
     eval_reader = EvalReader(
-        cfg.data.shards,
+        cfg.data.shard_dir,
         ReaderConfig(
             level=level,
             split=cfg.data.dev_split,
@@ -261,11 +273,10 @@ def train_member(
     running_loss = torch.zeros((), device=ctx.device)
     running_count = 0
     while state.epoch < cfg.schedule.epochs and not state.finished:
-        reader.set_epoch(state.epoch)
+        # A resumed epoch starts at the saved micro-step: the reader skips the batches before it without
+        # decoding them and yields the rest as the uninterrupted epoch would (cxrlt.data.readers).
+        reader.set_epoch(state.epoch, start=state.step_in_epoch)
         batches = iter(make_loader(reader, cfg.data.num_workers))
-        # Replay the epoch's data stream up to the saved position (the readers are deterministic).
-        for _ in range(state.step_in_epoch):
-            next(batches)
         if restored_from is not None:
             checkpointer.restore_rng(restored_from)
             restored_from = None
@@ -279,7 +290,9 @@ def train_member(
             dynamic_ncols=True,
         )
         for batch in batches:
-            loss, boundary = train_step(engine, criterion, batch, level, ctx.device, pseudo, held_out, clip)
+            loss, boundary = train_step(
+                engine, criterion, batch, level, ctx.device, pseudo, held_out, clip, reports=contrastive
+            )
             running_loss += loss
             running_count += 1
             state.step_in_epoch += 1
@@ -294,7 +307,7 @@ def train_member(
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(f"{run_dir}: training loss is {mean_loss} at step {state.global_step}")
                 tracker_run.log_metrics(
-                    {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, state.global_step
+                    {"train/loss": mean_loss, "train/lr": float(scheduler.get_last_lr()[0])}, state.global_step
                 )
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 running_loss.zero_()
@@ -323,6 +336,8 @@ def train_member(
         )
         decision = None
         if ctx.is_main:
+            if outputs is None:  # predict_split gathers every rank's share on rank 0
+                raise RuntimeError("validation gathered no outputs on the main rank")
             outputs.labels[:, held_out] = -1.0
             decision = _validate(cfg, state, outputs, classes, groups)
         metrics, is_best, stop_early = distributed.broadcast_from_main(decision)
@@ -335,7 +350,7 @@ def train_member(
         if is_best:
             state.best_score, state.best_epoch, state.bad_epochs = metrics[cfg.schedule.monitor], state.epoch, 0
             save_models("best.pt", metrics)
-            if ctx.is_main:
+            if ctx.is_main and outputs is not None:  # never None on the main rank (checked above)
                 _write_dev_outputs(
                     run_dir, outputs, classes, index.schema, cfg, config_hash, tracker_run.run_id, groups
                 )

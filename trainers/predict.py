@@ -40,13 +40,13 @@ def check_request(request: PredictRequest) -> tuple[SavedModel, ScoredClasses, T
     if request.split not in index.splits:
         raise InputError(f"--split {request.split!r}: {request.shards} has splits {sorted(index.splits)}")
     scored = scored_classes(saved, request.classes, request.descriptions)
-    if tuple(index.classes) != saved.classes and not saved.model_config.head.text_queries:
+    if tuple(index.classes) != saved.classes and not saved.model_config.open_vocabulary:
         raise InputError(
             f"{request.model} predicts {len(saved.classes)} classes of schema {saved.schema!r}; "
             f"{request.shards} is schema {index.schema!r} with {len(index.classes)} classes: they must match"
         )
     slots = saved.model_config.study.max_views
-    if saved.kind == "study" and not 1 <= request.max_views <= slots:
+    if saved.model_config.level == "study" and not 1 <= request.max_views <= slots:
         raise InputError(f"--max-views {request.max_views}: {request.model} has {slots} view slots; use 1 to {slots}")
     try:
         tta = TTA.parse(request.tta)
@@ -60,7 +60,7 @@ def predict(request: PredictRequest) -> Path | None:
     saved, scored, tta = check_request(request)
     ctx = distributed.init()
     model = saved.build(request.use_ema, scored.names, scored.descriptions).to(ctx.device)
-    level = saved.kind
+    level = saved.model_config.level
     transform = TransformConfig(**{k: saved.transform[k] for k in ("size", "channels", "mean", "std")})
     reader = EvalReader(
         request.shards,

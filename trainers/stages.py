@@ -26,11 +26,12 @@ from cxrlt.config import config_hash, flatten, to_dict, write_config
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.shardset import ShardIndex, index_path, read_index
 from cxrlt.errors import InputError
+from cxrlt.models.backbones import size_multiple
 from cxrlt.models.saved import load_model
 from cxrlt.requeue import clear_stop_request
 from cxrlt.tracking import Run, Tracker, default_uri
 from trainers import distributed
-from trainers.config import SIZE_MULTIPLE, TrainConfig
+from trainers.config import TrainConfig
 from trainers.inference import predict_split
 from trainers.loop import PREEMPTED, EpochCallback, MemberResult, StopWatch, load_result, train_member
 from trainers.pseudo import PseudoLabels, load_pseudo_labels
@@ -48,9 +49,12 @@ def check_inputs(cfg: TrainConfig) -> ShardIndex:
     for key, split in (("data.train_split", cfg.data.train_split), ("data.dev_split", cfg.data.dev_split)):
         if not index.splits.get(split):
             raise InputError(f"{key} = {split!r}: {cfg.data.shards} has no samples in it (splits: {index.splits})")
+    multiple = size_multiple(cfg.model.backbone.name)
     for size in cfg.resolutions or [cfg.data.transform.size]:
-        if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
-            raise InputError(f"resolution {size}: the backbones take multiples of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE})")
+        if size < multiple or size % multiple:
+            raise InputError(
+                f"resolution {size}: backbone {cfg.model.backbone.name} takes multiples of {multiple} (>= {multiple})"
+            )
     if cfg.data.transform.channels != cfg.model.backbone.in_chans:
         raise InputError(
             f"data.transform.channels = {cfg.data.transform.channels} but model.backbone.in_chans = "
@@ -58,6 +62,15 @@ def check_inputs(cfg: TrainConfig) -> ShardIndex:
         )
     if (cfg.stage.name == "study") != (cfg.model.kind == "study"):
         raise InputError(f"stage.name = {cfg.stage.name!r} needs model.kind = 'study' exactly when the stage is study")
+    if (cfg.stage.name == "contrastive") != (cfg.model.kind == "contrastive"):
+        raise InputError(
+            f"stage.name = {cfg.stage.name!r} needs model.kind = 'contrastive' exactly when the stage is contrastive"
+        )
+    if cfg.stage.name == "contrastive" and not sum(int(s.get("with_report", 0)) for s in index.sources):
+        raise InputError(
+            f"stage.name = 'contrastive': {cfg.data.shards} holds no report text; shard a source with reports "
+            "(cxrlt shard mimic ... --reports <MIMIC-CXR reports>)"
+        )
     unknown = [c for c in cfg.data.unknown_classes if c not in index.classes]
     if unknown:
         raise InputError(f"data.unknown_classes: {unknown} are not classes of {cfg.data.shards} ({index.schema})")
@@ -160,7 +173,7 @@ def _teacher_labels(teacher_path: Path, cfg: TrainConfig, ctx: distributed.Conte
             cfg.data.transform, **{k: teacher.transform[k] for k in ("size", "channels", "mean", "std")}
         )
         ids, probs = [], []
-        for shards in [cfg.data.shards] + ([cfg.student.unlabelled] if cfg.student.unlabelled else []):
+        for shards in [cfg.data.shard_dir] + ([cfg.student.unlabelled] if cfg.student.unlabelled else []):
             reader = EvalReader(
                 shards,
                 ReaderConfig(
@@ -179,7 +192,7 @@ def _teacher_labels(teacher_path: Path, cfg: TrainConfig, ctx: distributed.Conte
         if ctx.is_main:
             PseudoLabels(ids, np.concatenate(probs), teacher.classes, False, 0.5).save(out)
         distributed.barrier()
-    index = read_index(cfg.data.shards)
+    index = read_index(cfg.data.shard_dir)
     return load_pseudo_labels(out, index.classes, cfg.student.hard, cfg.student.hard_threshold)
 
 
@@ -198,7 +211,7 @@ def run_training(
     distributed.barrier()
     stop = StopWatch(out_dir)
     tracker = Tracker(tracking_uri(cfg))
-    tags = lineage_tags(cfg, index_path(cfg.data.shards))
+    tags = lineage_tags(cfg, index_path(cfg.data.shard_dir))
     plan = members(cfg)
     rounds = cfg.student.iterations if cfg.stage.name == "student" else 1
     several = len(plan) * rounds > 1
@@ -246,13 +259,17 @@ def run_training(
     def stage(member_cfg: TrainConfig, folder: Path, member_name: str, parent_id: str | None) -> MemberResult:
         if cfg.stage.name != "student":
             return member(member_cfg, folder, member_name, parent_id)
+        if cfg.student.teacher is None:  # check_inputs refuses a student stage without one
+            raise InputError("stage.name = 'student' needs student.teacher (a trained-model file)")
         teacher = Path(cfg.student.teacher)
-        result = None
+        result: MemberResult | None = None
         for k in range(1, rounds + 1):
             round_dir = folder / f"student-{k}"
             pseudo = _teacher_labels(teacher, member_cfg, ctx, round_dir / "pseudo_labels.npz")
             result = member(member_cfg, round_dir, f"{member_name}/student-{k}", parent_id, pseudo)
             teacher = result.best_model
+        if result is None:  # StudentConfig makes iterations >= 1
+            raise RuntimeError("student stage ran no round")
         # The member's model is its last round's, at the place every other stage writes it (FOLDER/best.pt).
         if ctx.is_main:
             with atomic_path(folder / result.best_model.name) as tmp:

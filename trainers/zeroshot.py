@@ -1,10 +1,11 @@
 """Which classes a trained model is asked to score, for `cxrlt predict --classes` and few-shot adapt.
 
-A model scores its own classes by default. A text-query model (model.head.text_queries) can be asked
-for any names instead: a name it has keeps its saved query, a new one is scored from its text alone
-(name + description from --descriptions or the model's `class_descriptions`). The prediction file's
-schema is the model's when the names are its classes, a known schema whose classes they are (e.g.
-cxr-lt-2024-task3), and "zero-shot" otherwise.
+A model scores its own classes by default. A text-query model (model.head.text_queries) or a contrastive
+model (model.kind = "contrastive", scored by its prompts) can be asked for any names instead: a name it
+has keeps its saved query, a new one is scored from its text alone (name + description from
+--descriptions or the model's `class_descriptions`). The prediction file's schema is the model's when
+the names are its classes, a known schema whose classes they are (e.g. cxr-lt-2024-task3), and
+"zero-shot" otherwise.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ def scored_classes(saved: SavedModel, requested: Sequence[str] = (), description
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise InputError(f"--classes names {duplicated} more than once")
-    if names != saved.classes and not saved.model_config.head.text_queries:
+    if names != saved.classes and not saved.model_config.open_vocabulary:
         raise InputError(
             f"--classes: {saved.path} has a fixed-class head; scoring other names needs a text-query model "
-            "(model.head.text_queries = true)"
+            "(model.head.text_queries = true) or a contrastive one"
         )
-    if descriptions is not None and not saved.model_config.head.text_queries:
+    if descriptions is not None and not saved.model_config.open_vocabulary:
         raise InputError(f"--descriptions {descriptions}: {saved.path} has no text-query head to use them")
     if names == saved.classes:
         schema = saved.schema

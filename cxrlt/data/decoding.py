@@ -3,6 +3,7 @@
 Image items (image reader), one per stored image (a study-level set gives one item per view):
     image (C, H, W) float32 normalised | labels (K,) float32, 1 / 0 / -1 unknown | id (image id)
     study_id, patient_id (str) | view_type () int64 (index in VIEW_TYPES) | synthetic () bool
+    findings, impression (str, the study report's sections; "" when the shards hold none)
 Study items (study reader; an image-level set reads as one-view studies):
     images (V, C, H, W) float32, zero past the last view | view_mask (V,) bool | view_type (V,) int64,
     0 = padding | image_ids list[str] | indication str ("" when absent) | has_indication () bool |
@@ -28,6 +29,7 @@ naming the shard and the member: an evaluation split is read whole or not at all
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -41,6 +43,7 @@ import torch
 
 from cxrlt.data.images import ImageProblem, open_gray
 from cxrlt.data.shardset import SEXES, VIEW_TYPES, VITALS
+from cxrlt.data.tarstream import MemberRef
 from cxrlt.data.transforms import ImageTransform
 from cxrlt.errors import InputError
 
@@ -102,13 +105,23 @@ def _members(raw: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, str, 
     return [(name, meta["image_id"], meta["view"])]
 
 
+def _member_bytes(value: bytes | MemberRef) -> bytes:
+    """A member's bytes, reading one the tar reader left unread (a sample skipped past on resume)."""
+    if isinstance(value, MemberRef):
+        try:
+            return value.read()
+        except OSError as e:
+            raise ImageProblem("unreadable", str(e)) from None
+    return value
+
+
 def view_chunks(n: int, max_views: int) -> list[tuple[int, int]]:
     """(start, stop) of ceil(n / max_views) consecutive chunks covering n views, sizes differing by at
     most one, larger first: 5 views in 4 slots -> 3 + 2, 6 -> 3 + 3, 11 -> 4 + 4 + 3."""
     count = max(1, math.ceil(n / max_views))
     base, extra = divmod(n, count)
     bounds = np.cumsum([0] + [base + (k < extra) for k in range(count)])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 class SampleDecoder:
@@ -153,7 +166,7 @@ class SampleDecoder:
             try:
                 if member not in raw:
                     raise ImageProblem("missing", "member absent from the shard (damaged tar)")
-                image = open_gray(raw[member], self.transform.config.size)
+                image = open_gray(_member_bytes(raw[member]), self.transform.decode_size)
             except ImageProblem as problem:
                 if self.strict:
                     raise InputError(
@@ -171,6 +184,8 @@ class SampleDecoder:
             "study_id": str(meta["study_id"]),
             "patient_id": str(meta["patient_id"]),
             "synthetic": torch.tensor(bool(meta.get("synthetic", False))),
+            "findings": meta.get("findings") or "",
+            "impression": meta.get("impression") or "",
         }
         if self.level == "image":
             for tensor, image_id, view_type in views:

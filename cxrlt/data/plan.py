@@ -58,7 +58,7 @@ def study_labels(rows: np.ndarray) -> np.ndarray:
 
 
 def _image_meta(record: Record) -> dict[str, object]:
-    return {
+    meta: dict[str, object] = {
         "image_id": record.image_id,
         "study_id": record.study_id,
         "patient_id": record.patient_id,
@@ -69,6 +69,17 @@ def _image_meta(record: Record) -> dict[str, object]:
         "source": record.source,
         "synthetic": False,
     }
+    _add_report(meta, [record])
+    return meta
+
+
+def _add_report(meta: dict[str, object], records: list[Record]) -> None:
+    """The report's FINDINGS / IMPRESSION text (the first record that has it), only when present: a
+    source without reports keeps the sample json, and so the plan fingerprint, it always had."""
+    for name in ("findings", "impression"):
+        text = next((getattr(r, name) for r in records if getattr(r, name)), None)
+        if text:
+            meta[name] = text
 
 
 def _image_samples(records: Iterable[Record]) -> list[PlannedSample]:
@@ -98,6 +109,7 @@ def _study_samples(records: Iterable[Record], max_views: int) -> tuple[list[Plan
         first = kept[0]
         meta = _image_meta(first)
         del meta["image_id"], meta["view"]
+        _add_report(meta, kept)
         meta["indication"] = next((r.indication for r in kept if r.indication), None)
         meta["vitals"] = next((r.vitals for r in kept if r.vitals), {})
         samples.append(

@@ -40,6 +40,9 @@ class Record:
     split: str | None = None
     indication: str | None = None
     vitals: dict[str, float] = field(default_factory=dict)
+    # The study report's FINDINGS and IMPRESSION text (MIMIC-CXR reports), for report-supervised stages.
+    findings: str | None = None
+    impression: str | None = None
 
 
 @dataclass

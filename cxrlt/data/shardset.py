@@ -23,7 +23,8 @@ Samples (key = image id, or study id at study level; keys never contain "." or "
 - study level: `0.img.jpg` ... `k.img.jpg` (every view of the study unless capped, frontal views
   first; a study may hold more views than a study model's slots, which the readers handle) and `json` adding
   {image_ids: [...], views: [...], indication: str | null, vitals: {name: value}}.
-`labels` is a list of floats in schema order: 1 positive, 0 negative, -1 unknown.
+`labels` is a list of floats in schema order: 1 positive, 0 negative, -1 unknown. Both levels may add
+`findings` and `impression` (the study report's sections, str), present only when the source had them.
 """
 
 from __future__ import annotations

@@ -69,13 +69,14 @@ class SavedModel:
         cfg = replace(self.model_config, backbone=replace(self.model_config.backbone, checkpoint=None))
         names = tuple(classes) if classes is not None else self.classes
         model = build_model(cfg, names, descriptions)
-        if names == self.classes:
+        # A contrastive model holds no per-class weights (its prompts are embedded when it scores).
+        if names == self.classes or cfg.kind == "contrastive":
             model.load_state_dict(weights, strict=True)
             return model.eval()
         if not cfg.head.text_queries:
             raise InputError(
                 f"{self.path}: scoring classes other than the trained ones needs a text-query head "
-                "(model.head.text_queries = true)"
+                "(model.head.text_queries = true) or a contrastive model"
             )
         # In text-query mode the class list lives only in the head's text-embedding buffer.
         key = next(k for k in weights if k.endswith("head.class_embeddings"))

@@ -6,17 +6,21 @@ ViewCodeSequence_CodeMeaning, fpath (files/pXX/pSUBJECT/sSTUDY/DICOM.jpg relativ
 root), then one column per class, matched to the target schema by name ("No Finding" of 2023 is
 "Normal"). A file without class columns (the unlabelled development/test files) gives unknown labels.
 The MIMIC-CXR metadata CSV, when given, fills missing view positions and supplies study times for the
-ED join.
+ED join. The reports folder, when given (the MIMIC-CXR 2.0.0 root or its files/), gives each study its
+INDICATION (clinical context) and its FINDINGS and IMPRESSION text (cxrlt.data.mimic_reports; the
+contrastive stage's text side), read once per study.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrlt.data.mimic_reports import report_sections, study_report_path
 from cxrlt.data.records import (
     Record,
     SourceTable,
@@ -25,7 +29,7 @@ from cxrlt.data.records import (
     to_target,
 )
 from cxrlt.data.shardset import SPLITS, normalise_view
-from cxrlt.data.sources.mimic_context import join_vitals, read_indication, study_times
+from cxrlt.data.sources.mimic_context import extract_indication, join_vitals, study_times
 from cxrlt.errors import InputError
 from cxrlt.labels import UNKNOWN, Schema, canonical_name
 from cxrlt.tables import require_columns
@@ -55,6 +59,26 @@ def _read_labels(path: Path, target: Schema) -> tuple[pd.DataFrame, np.ndarray, 
     labels = to_target(parse_label_columns(frame, class_columns, path), class_columns, NAMING, target, str(path))
     wanted = {canonical_name(c, target.naming) for c in target.classes}
     return frame, labels, [c for c in class_columns if canonical_name(c, NAMING) not in wanted]
+
+
+@dataclass(frozen=True)
+class _StudyText:
+    indication: str | None = None
+    findings: str | None = None
+    impression: str | None = None
+
+
+_NO_TEXT = _StudyText()
+
+
+def _study_text(path: Path) -> _StudyText:
+    """The study's report text; none of it when the study has no report file."""
+    try:
+        report = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return _NO_TEXT
+    sections = report_sections(report)
+    return _StudyText(extract_indication(report), sections.get("FINDINGS"), sections.get("IMPRESSION"))
 
 
 def read_mimic_cxr_lt(
@@ -87,7 +111,7 @@ def read_mimic_cxr_lt(
         studies = pd.concat([f[["dicom_id", "study_id", "subject_id"]] for _, f, _ in frames])
         studies = studies.assign(time=studies["dicom_id"].map(meta["time"])).drop_duplicates("study_id")
         vitals = join_vitals(studies, edstays, triage)
-    indications: dict[str, str | None] = {}
+    texts: dict[str, _StudyText] = {}
     records = []
     for split, frame, labels in frames:
         views = frame["ViewPosition"] if "ViewPosition" in frame.columns else pd.Series(index=frame.index, dtype=str)
@@ -95,8 +119,9 @@ def read_mimic_cxr_lt(
             views = views.fillna(frame["dicom_id"].map(meta["ViewPosition"]))
         rows = zip(frame["dicom_id"], frame["subject_id"], frame["study_id"], frame["fpath"], views)
         for i, (dicom, subject, study, fpath, view) in enumerate(rows):
-            if reports is not None and study not in indications:
-                indications[study] = read_indication(Path(reports), str(fpath))
+            if reports is not None and study not in texts:
+                texts[study] = _study_text(study_report_path(reports, str(subject), str(study)))
+            text = texts.get(study, _NO_TEXT)
             records.append(
                 Record(
                     image_id=str(dicom),
@@ -107,7 +132,9 @@ def read_mimic_cxr_lt(
                     path=os.path.join(images, str(fpath)),
                     view=normalise_view(view),
                     split=split,
-                    indication=indications.get(study),
+                    indication=text.indication,
+                    findings=text.findings,
+                    impression=text.impression,
                     vitals=vitals.get(str(study), {}),
                 )
             )
@@ -115,6 +142,7 @@ def read_mimic_cxr_lt(
     notes = {
         "unused_columns": unused,
         "with_indication": sum(r.indication is not None for r in records),
+        "with_report": sum(r.findings is not None or r.impression is not None for r in records),
         "with_vitals": sum(bool(r.vitals) for r in records),
     }
     return SourceTable("mimic-cxr-lt", records, files, notes)
