@@ -55,6 +55,8 @@ class ParentRun:
         if self.store is not None:
             self.store.mkdir(parents=True, exist_ok=True)
         with Tracker(self.uri).run(self.experiment, self.name, tags=self.tags) as run:
+            if run.run_id is None:  # Tracker opens no run on a non-zero distributed rank
+                raise RuntimeError("the pipeline's parent MLflow run was not created (not rank 0?)")
             return run.run_id
 
 
@@ -100,7 +102,7 @@ def make_plan(kind: str, config: Path, overrides: Sequence[str], args: Sequence[
     if kind == "ensemble":
         if not args:
             raise ConfigError("cxrlt slurm ensemble: give the ensemble action after --, e.g. -- build ...")
-        command = ["ensemble", *args, *(["--config", snapshot] if snapshot is not None else [])]
+        command: list[steps.Word] = ["ensemble", *args, *(("--config", snapshot) if snapshot is not None else ())]
         return builder.single("ensemble", lambda s: steps.task(s, [*command, *steps.sets(loaded.passthrough)]))
     if snapshot is None:
         raise ConfigError(f"{config}: cxrlt slurm {kind} needs the command's config beside [slurm]")
@@ -219,17 +221,22 @@ class _Builder:
         gpus = cfg.gpus_per_node
         for step in pipeline_steps(p):
             argv = list(step.argv)
-            run_dir = _override(_step_sets(argv), RUN_DIR_KEY) if step.resume else None
-            if step.resume and run_dir is None:
+            given = _override(_step_sets(argv), RUN_DIR_KEY) if step.resume else None
+            if step.resume and given is None:
                 raise ConfigError(f"pipeline step {step.name}: a resumable step needs --set {RUN_DIR_KEY}=DIR")
-            run_dir = run_dir and self.workdir / Path(run_dir)  # where the stop request of a preemption goes
+            # Where the stop request of a preemption goes.
+            run_dir = self.workdir / Path(given) if given is not None else None
             if argv[0] == "train":
                 body = partial(
-                    steps.train, cfg=cfg, args=_without_option(argv[1:], "--nproc"), run_dir=run_dir, log_dir=self.logs
+                    steps.train,
+                    cfg=cfg,
+                    args=_without_option(argv[1:], "--nproc"),
+                    run_dir=_resumable(step.name, run_dir),
+                    log_dir=self.logs,
                 )
                 res, step_cfg = Resources(cfg.nodes, gpus, preemptible=True), cfg
             elif argv[0] == "tune":
-                body = partial(steps.tune, cfg=cfg, args=argv[1:], run_dir=run_dir)
+                body = partial(steps.tune, cfg=cfg, args=argv[1:], run_dir=_resumable(step.name, run_dir))
                 res, step_cfg = Resources(cfg.nodes, gpus, preemptible=True), cfg
             elif argv[0] == "predict":
                 body = partial(steps.predict, cfg=one_node, args=argv[1:])
@@ -241,22 +248,31 @@ class _Builder:
             self.job(step.name, res, body, step_cfg, step.after)
         return self.plan()
 
-    def _frozen(self, path: Path | None, role: str) -> Path | None:
+    def _frozen(self, path: Path, role: str) -> Path:
         """A step's own config, made absolute and copied into the submission folder, so that editing it
         cannot change a queued job (a file that does not exist yet, such as the tuned best.toml, is not)."""
-        if path is None or not (path := (self.workdir / path).resolve()).is_file():
+        if not (path := (self.workdir / path).resolve()).is_file():
             return path
         copy = self.folder / "configs" / f"{role}.toml"
         self.files[copy] = path.read_text()
         return copy
 
 
-def _with_configs(p: PipelineConfig, change: Callable[[Path | None, str], Path | None]) -> PipelineConfig:
+def _resumable(step: str, run_dir: Path | None) -> Path:
+    """The run directory of a train / tune step, which cxrlt.pipeline always makes resumable."""
+    if run_dir is None:
+        raise RuntimeError(f"pipeline step {step}: a train or tune step must be resumable (have a run directory)")
+    return run_dir
+
+
+def _with_configs(p: PipelineConfig, change: Callable[[Path, str], Path]) -> PipelineConfig:
     """`p` with change(path, role) in place of each step's config path."""
     return replace(
         p,
         train=replace(p.train, config=change(p.train.config, "train")),
         tune=p.tune and replace(p.tune, config=change(p.tune.config, "tune")),
         synth=p.synth and replace(p.synth, config=change(p.synth.config, "synth")),
-        ensemble=replace(p.ensemble, config=change(p.ensemble.config, "ensemble")),
+        ensemble=replace(
+            p.ensemble, config=None if p.ensemble.config is None else change(p.ensemble.config, "ensemble")
+        ),
     )

@@ -21,14 +21,17 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import tomli_w
 
 from cxrlt.atomic import write_text_atomic
 from cxrlt.errors import InputError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # every config class is a dataclass (fields() is read)
 OVERRIDE_ORIGIN = "--set"
 
 
@@ -230,7 +233,7 @@ def _coerce(hint: Any, value: Any, key: str, origin: Callable[[str], str]) -> An
             raise fail("a table")
         value_hint = args[1] if args else Any
         return {str(k): _coerce(value_hint, v, f"{key}.{k}", origin) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key, origin)
     if hint is bool:
         if not isinstance(value, bool):

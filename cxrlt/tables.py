@@ -26,9 +26,9 @@ _LABEL_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0":
 _SHOWN = 5  # offending ids/lines listed in an error before "... and N more"
 
 
-def line_of(row: int) -> int:
-    """File line of data row `row` (0-based): the header is line 1."""
-    return row + 2
+def line_of(row: int | np.integer) -> int:
+    """File line of data row `row` (0-based, a numpy index is fine): the header is line 1."""
+    return int(row) + 2
 
 
 def read_csv_strings(path: str | os.PathLike) -> pd.DataFrame:

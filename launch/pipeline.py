@@ -131,9 +131,12 @@ def run(args: argparse.Namespace) -> int:
         tags={"cxrlt.kind": "pipeline", "config": str(args.config)},
         resume_run_id=state.data.get("run_id"),
     ) as parent:
-        state.data["run_id"] = parent.run_id
+        run_id = parent.run_id
+        if run_id is None:  # Tracker opens no run on a non-zero distributed rank; the pipeline is one process
+            raise RuntimeError("the pipeline's MLflow run was not created (not rank 0?)")
+        state.data["run_id"] = run_id
         state.save()
-        with _environment({PARENT_RUN_ENV: parent.run_id, TRACKING_URI_ENV: uri}):
+        with _environment({PARENT_RUN_ENV: run_id, TRACKING_URI_ENV: uri}):
             for i, step in enumerate(steps, 1):
                 header = f"[{i}/{len(steps)}] {step.name}"
                 if state.finished(step) and not rebuilt.intersection(step.after):
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         for path in (cfg.out_dir / STATE_FILE, args.config, *(submission_file(cfg, s) for s in cfg.submissions)):
             parent.log_artifact(path)
         if parent.client is not None:
-            parent.client.log_artifacts(parent.run_id, str(cfg.out_dir / "report"), "report")
+            parent.client.log_artifacts(run_id, str(cfg.out_dir / "report"), "report")
 
     table = Table("step", "", "seconds", title=f"pipeline {name}: {wall / 60:.1f} min")
     for step_name, (what, seconds) in timings.items():

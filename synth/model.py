@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+# From the subpackages, not `diffusers`: under TYPE_CHECKING the top-level package resolves these
+# names to its dummy placeholder classes (no nn.Module / scheduler methods), the subpackages to the real ones.
+from diffusers.models import AutoencoderKL, UNet2DConditionModel
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from torch.nn import functional as F
@@ -63,13 +68,16 @@ class Diffusion:
         self.device = torch.device(device)
         for part in (self.trainable, self.vae, self.prompts):
             if part is not None:
-                part.to(self.device)
+                # diffusers wraps ModelMixin.to in functools.wraps, whose stub type does not bind `self`.
+                part.to(self.device)  # type: ignore[arg-type]
         return self
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        unet = self.trainable["unet"].config
-        return unet.in_channels, unet.sample_size, unet.sample_size
+        unet = self.trainable["unet"]
+        if not isinstance(unet, UNet2DConditionModel):
+            raise TypeError(f"trainable['unet'] is a {type(unet).__name__}, not a UNet2DConditionModel")
+        return unet.config["in_channels"], unet.config["sample_size"], unet.config["sample_size"]
 
     def context(self, modules: nn.ModuleDict, labels: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         labels = labels.to(self.device)
@@ -82,12 +90,12 @@ class Diffusion:
             return images
         with torch.no_grad():
             posterior = self.vae.encode(images.expand(-1, 3, -1, -1)).latent_dist
-            return posterior.sample(generator) * self.vae.config.scaling_factor
+            return posterior.sample(generator) * self.vae.config["scaling_factor"]
 
     def to_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoised latents -> grayscale (B, 1, H, W) float32 in [0, 1], on the CPU."""
         if self.vae is not None:
-            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample.mean(1, keepdim=True)
+            latents = self.vae.decode(latents / self.vae.config["scaling_factor"]).sample.mean(1, keepdim=True)
         return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
 
     def loss(
@@ -103,12 +111,13 @@ class Diffusion:
         latents = self.to_latents(images, generator)
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(
+        steps = torch.randint(0, self.scheduler.config["num_train_timesteps"], (batch,), generator=generator).to(
             self.device
         )
-        noisy = self.scheduler.add_noise(latents, noise, steps)
-        if self.scheduler.config.prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(latents, noise, steps)
+        # diffusers annotates timesteps as the legacy torch.IntTensor; any integer tensor (here int64) is fine.
+        noisy = self.scheduler.add_noise(latents, noise, steps)  # type: ignore[arg-type]
+        if self.scheduler.config["prediction_type"] == "v_prediction":
+            target = self.scheduler.get_velocity(latents, noise, steps)  # type: ignore[arg-type]
         else:
             target = noise
         with autocast(self.device):
@@ -177,6 +186,8 @@ def _from_scratch(config: DiffusionConfig, classes: Sequence[str]) -> Diffusion:
 def _from_folder(config: DiffusionConfig, classes: Sequence[str]) -> Diffusion:
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    if config.pretrained is None:
+        raise ValueError("a Stable Diffusion model needs model.pretrained (a diffusers folder)")
     folder = Path(config.pretrained)
     missing = [part for part in PRETRAINED_PARTS if not (folder / part).is_dir()]
     if missing:

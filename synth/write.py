@@ -46,7 +46,7 @@ def provenance(candidate: Candidate, filter_cfg: FilterConfig) -> dict[str, Any]
 
 
 def _sample(candidate: Candidate, out: Path, filter_cfg: FilterConfig) -> PlannedSample:
-    meta = {
+    meta: dict[str, object] = {
         "image_id": candidate.key,
         "study_id": candidate.key,
         "patient_id": candidate.key,

@@ -25,7 +25,7 @@ from trainers.config import DeepSpeedConfig, OptimConfig
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Full parameter names (fnmatch patterns) that the model's modules declare exempt from decay."""
-    names = set()
+    names: set[str] = set()
     for prefix, module in model.named_modules():
         declared = getattr(module, "no_weight_decay", None)
         if callable(declared):

@@ -18,7 +18,9 @@ from cxrlt.data.mining import Example
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.transforms import TransformConfig
 from cxrlt.errors import InputError
+from cxrlt.models.factory import ImageClassifier
 from cxrlt.models.fewshot import FewShotConfig, adapt_class_queries
+from cxrlt.models.heads import MLDecoderHead
 from cxrlt.models.saved import load_model, save_model
 from trainers.zeroshot import scored_classes
 
@@ -30,6 +32,8 @@ def example_features(
     model: torch.nn.Module, shards: Path, split: str, transform: TransformConfig, ids: set[str]
 ) -> dict[str, torch.Tensor]:
     """Image id -> backbone features, for the `ids` found in the split (read on this process alone)."""
+    if not isinstance(model, ImageClassifier):
+        raise TypeError(f"few-shot features need an image model, got a {type(model).__name__}")
     reader = EvalReader(shards, ReaderConfig(level="image", split=split, batch_size=64, transform=transform), 0, 1)
     found: dict[str, torch.Tensor] = {}
     for batch in make_loader(reader, 0):
@@ -38,6 +42,16 @@ def example_features(
             features = model.backbone(batch["image"][keep])
             found.update(zip((batch["id"][i] for i in keep), features))
     return found
+
+
+def _text_query_head(model: torch.nn.Module) -> MLDecoderHead:
+    """The ML-Decoder head of an image model built with text queries (what `adapt` checked the file has)."""
+    head = model.head if isinstance(model, ImageClassifier) else None
+    if not isinstance(head, MLDecoderHead):
+        raise TypeError(
+            f"few-shot adaptation needs an image model with an ML-Decoder head, got a {type(model).__name__}"
+        )
+    return head
 
 
 def adapt(
@@ -74,7 +88,9 @@ def adapt(
     for e in examples:
         targets[ids.index(e.image_id), adapted.index(e.class_name)] = float(e.label)
     rows = [scored.names.index(c) for c in adapted]
-    adapt_class_queries(model.head, torch.stack([features[i] for i in ids]), targets, rows, cfg or FewShotConfig())
+    adapt_class_queries(
+        _text_query_head(model), torch.stack([features[i] for i in ids]), targets, rows, cfg or FewShotConfig()
+    )
     return save_model(
         out,
         model,

@@ -15,8 +15,9 @@ the study's image ids become all its views in stored order, so every image gets 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -77,6 +78,12 @@ class TTA:
         return out
 
 
+class Progress(Protocol):
+    """A progress bar (tqdm): told how many samples each batch finished."""
+
+    def update(self, n: int) -> object: ...
+
+
 @dataclass
 class SplitOutputs:
     """Rank 0's gathered outputs in split order (N samples)."""
@@ -95,12 +102,14 @@ def _probabilities(
 ) -> torch.Tensor:
     inputs = model_inputs(batch, level, device)
     context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    total = None
+    total: torch.Tensor | None = None
     views = tta.views(inputs.args[0])
     with context:
         for images in views:
             probs = torch.sigmoid(model(images, *inputs.args[1:], **inputs.kwargs).float())
             total = probs if total is None else total + probs
+    if total is None:  # views always starts with the original images
+        raise RuntimeError("test-time augmentation produced no views")
     return total / len(views)
 
 
@@ -111,7 +120,7 @@ def predict_split(
     device: torch.device,
     tta: TTA = TTA(),
     autocast: bool = False,
-    progress: Sequence | None = None,
+    progress: Progress | None = None,
 ) -> SplitOutputs | None:
     """Run `model` (eval mode) over this rank's `batches`; rank 0 gets the whole split, others None."""
     was_training = model.training

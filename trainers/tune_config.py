@@ -106,6 +106,13 @@ class ParamSpace:
         if self.type == "loguniform" and self.low <= 0:
             raise ValueError("type 'loguniform' needs low > 0")
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a uniform / loguniform key, which __post_init__ made sure are both set."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type!r} has no low / high bounds")
+        return self.low, self.high
+
     def candidates(self) -> list[Any]:
         """Values that together exercise the key's type and validation: the bounds, or every choice."""
         return list(self.values) if self.type == "choice" else [self.low, self.high]

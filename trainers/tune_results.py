@@ -37,7 +37,8 @@ class StudySummary:
 
 def trials_table(grid: ResultGrid, keys: list[str], metric: str, mode: str, max_epochs: int) -> pd.DataFrame:
     rows = []
-    for result in grid:
+    # ResultGrid iterates through __getitem__ only (no __iter__), which type checkers don't follow.
+    for result in (grid[i] for i in range(len(grid))):
         history = result.metrics_dataframe
         scores = history[metric].dropna() if history is not None and metric in history else pd.Series(dtype=float)
         epochs = int((result.metrics or {}).get("epoch", 0))
@@ -46,7 +47,7 @@ def trials_table(grid: ResultGrid, keys: list[str], metric: str, mode: str, max_
                 # A trial that failed before its first report has no metrics: its folder names it.
                 "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
                 "status": "ERROR" if result.error is not None else "DONE",
-                **{key: result.config.get(key) for key in keys},
+                **{key: (result.config or {}).get(key) for key in keys},
                 "epochs": epochs,
                 "stopped_early": result.error is None and epochs < max_epochs,
                 f"last_{metric}": scores.iloc[-1] if len(scores) else math.nan,

@@ -26,9 +26,9 @@ def param_space(space: dict[str, ParamSpace], searcher: str) -> dict[str, Any]:
 
 def _domain(param: ParamSpace, searcher: str) -> Any:
     if param.type == "uniform":
-        return tune.uniform(param.low, param.high)
+        return tune.uniform(*param.bounds)
     if param.type == "loguniform":
-        return tune.loguniform(param.low, param.high)
+        return tune.loguniform(*param.bounds)
     return tune.grid_search(param.values) if searcher == "grid" else tune.choice(param.values)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
@@ -58,7 +59,8 @@ def prepare(config: Path, overrides: Sequence[str]) -> LoadedTune:
     return loaded
 
 
-def _trainable(spec: TrialSpec) -> tune.Trainable:
+def _trainable(spec: TrialSpec) -> Callable[..., Any]:
+    """run_trial with `spec` bound and the trial's resources attached (Ray returns a function trainable)."""
     settings = spec.loaded.tune.tune
     return tune.with_resources(
         tune.with_parameters(run_trial, spec=spec), {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
@@ -139,6 +141,8 @@ def run_study(config: Path, overrides: Sequence[str], resume: bool = False) -> S
     with tracker.run(
         experiment, cfg.run.name or study_dir.name, tags={"kind": "tune"}, resume_run_id=saved_run
     ) as parent:
+        if parent.run_id is None:  # Tracker opens no run on a non-zero distributed rank; the driver is one process
+            raise RuntimeError("the study's MLflow run was not created (not rank 0?)")
         run_id_file.write_text(f"{parent.run_id}\n", encoding="utf-8")
         write_config(cfg, study_dir / "tune.toml")
         parent.log_params({f"tune.{k}": v for k, v in flatten(cfg.tune).items()})

@@ -9,6 +9,7 @@ then one column per class in schema order holding 1 / 0, blank for unknown. Rows
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from cxrlt.data.readers import ShardSplit
 
 def split_labels(shards: str | os.PathLike, split: str) -> tuple[list[dict], np.ndarray, list[str]]:
     """The json metadata and label row of every sample of `split`, in split order, and the classes."""
-    data = ShardSplit(shards, split)
+    data = ShardSplit(Path(shards), split)
     everything = slot_for(len(data.entries), 0, 1, 0, 1)
     metas, rows = [], []
     for s in range(len(data.entries)):

@@ -91,6 +91,18 @@ class Study:
     report: Report | None = None
     variant: str = "standard"
 
+    def paired_report(self) -> Report:
+        """The report `_generate` paired with the study; asking before the pairing is a bug."""
+        if self.report is None:
+            raise RuntimeError(f"study {self.study_id}: no report paired yet")
+        return self.report
+
+    def scan_time(self) -> datetime:
+        """The study's time, set by plan_studies."""
+        if self.time is None:
+            raise RuntimeError(f"study {self.study_id}: no study time planned")
+        return self.time
+
     @property
     def folder(self) -> str:
         return f"files/p{str(self.subject_id)[:2]}/p{self.subject_id}/s{self.study_id}"
@@ -98,7 +110,7 @@ class Study:
 
 def _unique_ids(rng: np.random.Generator, low: int, high: int, n: int) -> list[int]:
     seen: set[int] = set()
-    out = []
+    out: list[int] = []
     while len(out) < n:
         value = int(rng.integers(low, high))
         if value not in seen:
@@ -241,7 +253,7 @@ def _write_reports(root: Path, studies: list[Study]) -> None:
         path = root / "mimic-cxr" / "2.0.0" / f"{study.folder}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         examination, technique = context.procedure(study.views)
-        path.write_text(render_report(study.report, examination, technique, study.variant), encoding="utf-8")
+        path.write_text(render_report(study.paired_report(), examination, technique, study.variant), encoding="utf-8")
 
 
 def _summary(studies: list[Study], covered: set[int], options: RehearsalOptions, external: int) -> dict:
@@ -266,7 +278,7 @@ def _summary(studies: list[Study], covered: set[int], options: RehearsalOptions,
         "classes_without_positives": [c for c in task1 if c not in anywhere],
         "task3_classes_with_positives_dev": [c for c in CXR_LT_2024_TASK3.classes if c in dev_task3],
         "share_of_studies_with_indication": round(
-            sum(has_indication(st.report, st.variant) for st in studies) / len(studies), 3
+            sum(has_indication(st.paired_report(), st.variant) for st in studies) / len(studies), 3
         ),
         "share_of_studies_with_ed_stay": round(len(covered) / len(studies), 3),
     }
@@ -295,7 +307,7 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
     _write_images(tmp, frame, studies, external, progress)
     _write_reports(tmp, studies)
     _write_labels(tmp, studies, seeded(4))
-    events = [context.StudyEvent(s.study_id, s.subject_id, s.time, s.dicom_ids, s.views) for s in studies]
+    events = [context.StudyEvent(s.study_id, s.subject_id, s.scan_time(), s.dicom_ids, s.views) for s in studies]
     rng = seeded(5)
     jpg = tmp / "mimic-cxr-jpg" / "2.0.0"
     write_csv(context.metadata_frame(events, (IMAGE_SIZE, IMAGE_SIZE), rng), jpg / "mimic-cxr-2.0.0-metadata.csv.gz")

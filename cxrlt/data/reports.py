@@ -35,7 +35,8 @@ def parse_iu_report(text: bytes | str, origin: str) -> Report:
     except ET.ParseError as e:
         raise InputError(f"{origin}: not a readable report XML: {e}") from None
     uid = root.find("uId")
-    if uid is None or not uid.get("id"):
+    report_id = uid.get("id") if uid is not None else None
+    if not report_id:
         raise InputError(f"{origin}: no <uId id=...> report id")
     sections = {
         node.get("Label", "").upper(): (node.text or "").strip()
@@ -44,7 +45,7 @@ def parse_iu_report(text: bytes | str, origin: str) -> Report:
     }
     images = tuple(node.get("id", "") for node in root.iter("parentImage") if node.get("id"))
     mesh = tuple((node.text or "").strip() for node in root.iter("major") if (node.text or "").strip())
-    return Report(uid.get("id"), sections, images, mesh)
+    return Report(report_id, sections, images, mesh)
 
 
 def _xml_members(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -56,7 +57,10 @@ def _xml_members(path: Path) -> Iterator[tuple[str, bytes]]:
         with tarfile.open(path) as archive:
             for member in archive:
                 if member.isfile() and member.name.endswith(".xml"):
-                    yield f"{path}:{member.name}", archive.extractfile(member).read()
+                    handle = archive.extractfile(member)
+                    if handle is None:  # isfile() members always have data; None would be a tarfile bug
+                        raise InputError(f"{path}:{member.name}: unreadable archive member")
+                    yield f"{path}:{member.name}", handle.read()
     except tarfile.TarError as e:
         raise InputError(f"{path}: not a readable report archive: {e}") from None
 

@@ -53,7 +53,7 @@ def check_disjoint(records: list[Record], where: str) -> None:
     source ships, e.g. mimic-cxr-lt's CSVs or a csv-folder `split` column, is taken as given otherwise).
     `where` names the source (its files) in the message."""
     for what, key in (("image id", lambda r: r.image_id), ("patient", lambda r: r.patient_id)):
-        first: dict[str, str] = {}
+        first: dict[str, str | None] = {}  # None: a record assign_splits has not seen
         for record in records:
             ident, split = key(record), record.split
             seen = first.setdefault(ident, split)

@@ -57,9 +57,10 @@ class ClinicalContext(nn.Module):
         self.text_encoder = text_encoder
         self.placeholders = nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in cfg.modalities})
         if cfg.indication:
-            self.indication_proj = nn.Linear(text_encoder.dim, dim)
+            self.indication_proj = nn.Linear(self._encoder().dim, dim)
+        self.vitals_proj: nn.Module
         if cfg.vitals == "text":
-            self.vitals_proj = nn.Linear(text_encoder.dim, dim)
+            self.vitals_proj = nn.Linear(self._encoder().dim, dim)
         elif cfg.vitals == "numeric":
             self.vitals_proj = nn.Sequential(
                 nn.Linear(2 * len(VITALS), cfg.vitals_hidden), nn.GELU(), nn.Linear(cfg.vitals_hidden, dim)
@@ -68,6 +69,12 @@ class ClinicalContext(nn.Module):
     @property
     def num_tokens(self) -> int:
         return len(self.cfg.modalities)
+
+    def _encoder(self) -> TextEncoder:
+        """The text encoder, which __init__ made sure is there for every text modality."""
+        if self.text_encoder is None:
+            raise RuntimeError("this clinical context was built without a text encoder")
+        return self.text_encoder
 
     def forward(
         self,
@@ -89,7 +96,7 @@ class ClinicalContext(nn.Module):
 
     def _text_token(self, modality: str, texts: list[str | None]) -> torch.Tensor:
         present = [i for i, t in enumerate(texts) if t is not None]
-        embedded = self.text_encoder([texts[i] for i in present])
+        embedded = self._encoder()([texts[i] for i in present])
         proj = self.indication_proj if modality == "indication" else self.vitals_proj
         return self._fill(modality, proj(embedded.to(self.placeholders[modality].dtype)), present, len(texts))
 

@@ -80,14 +80,13 @@ def weights_from_counts(
     weight of all, and the mean-1 normalisation of 'inv_freq' would then shrink every other class.
     """
     observed = [i for i, c in enumerate(counts) if c is not None and c > 0]
+    observed_counts = [c for c in counts if c is not None and c > 0]  # counts[i] for i in observed
     absent = [i for i, c in enumerate(counts) if c == 0]
     weights = torch.ones(len(counts))
     if observed:
-        _, computed = compute_class_weights(
-            [counts[i] for i in observed], total, method=method, power=power, max_weight=max_weight
-        )
+        _, computed = compute_class_weights(observed_counts, total, method=method, power=power, max_weight=max_weight)
         weights[observed] = computed
-        weights[absent] = computed[torch.tensor([counts[i] for i in observed]).argmin()]
+        weights[absent] = computed[torch.tensor(observed_counts).argmin()]
     return weights
 
 
@@ -117,6 +116,8 @@ class MaskedMultiLabelLoss(nn.Module, abc.ABC):
 
 class BCELoss(MaskedMultiLabelLoss):
     """Binary cross-entropy with an optional per-class positive weight (K,)."""
+
+    pos_weight: torch.Tensor | None  # (K,) buffer
 
     def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()

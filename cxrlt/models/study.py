@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
+from cxrlt.models.backbones import Backbone
 from cxrlt.models.context import ClinicalContext, ContextConfig
 from cxrlt.models.text import TextEncoder
 from cxrlt.models.views import UNKNOWN_VIEW, VIEW_TYPES
@@ -63,8 +64,10 @@ class StudyModel(nn.Module):
     Output: logits (B, num_classes) float.
     """
 
+    pos_embed: torch.Tensor  # (grid * grid, dim) buffer
+
     def __init__(
-        self, cfg: StudyConfig, encoders: Sequence[nn.Module], head: nn.Module, text_encoder: TextEncoder | None
+        self, cfg: StudyConfig, encoders: Sequence[Backbone], head: nn.Module, text_encoder: TextEncoder | None
     ) -> None:
         super().__init__()
         if len(encoders) != cfg.num_encoders:

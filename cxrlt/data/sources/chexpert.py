@@ -63,5 +63,5 @@ def read_chexpert(
                 split="dev" if part == "valid" else None,
             )
         )
-    notes = {"uncertain": uncertain, "blank": blank}
+    notes: dict[str, object] = {"uncertain": uncertain, "blank": blank}
     return SourceTable("chexpert", records, [str(table)] + ([str(images)] if images is not None else []), notes)
