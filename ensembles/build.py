@@ -1,19 +1,28 @@
 """`ensemble build`: from development predictions and labels to a recipe, with honest scores.
 
 Steps, each scored on pooled out-of-fold predictions over patient-grouped folds:
-  1. Ray Tune picks the combiner and its hyperparameters (ensembles.search).
-  2. The chosen combiner's out-of-fold predictions feed the view-aggregation choice (learned
-     aggregation is fitted inside the folds).
-  3. Calibration is fitted inside the folds on those predictions; mECE and mF1@0.5 before and after
-     are reported out of fold.
-The recipe stores each step refitted on all development rows. Outputs in the build folder: recipe.json,
-config.toml, build.npz (the report's arrays), search/ (Tune's own files). The build is one MLflow run
-whose children are the members (tagged with each member's own training run id) and the search trials.
+  1. Ray Tune picks the combiner and its hyperparameters (ensembles.search), each trial fitted fold by
+     fold. The recipe's combiner is the chosen trial's fold combiners merged (Combiner.average), not a
+     refit on all rows: the steps below are fitted on those fold combiners' out-of-fold outputs, so they
+     are applied to the combiners that produced them (issue #16 item 6), and no fit is repeated.
+  2. The combiner's out-of-fold predictions feed the view-aggregation choice (learned aggregation is
+     fitted inside the folds); the recipe's aggregation is fitted on all of them.
+  3. Calibration is fitted inside the folds on those predictions, for the mECE and mF1@0.5 before and
+     after, out of fold; the recipe's calibrator is fitted on all of them.
+`oof_final` scores what the recipe does to the out-of-fold predictions: its one calibrator on every row.
+A per-class temperature keeps each class's ranking, so for it oof_final is oof_after_views (the
+cross-fitted calibrations of step 3, one temperature per fold, would rank rows of different folds
+against each other, which no recipe does); isotonic steps were fitted on these rows, which may flatter
+the ties they make. The mECE term of an objective with ece_weight > 0 is the cross-fitted one.
+Outputs in the build folder: recipe.json, config.toml, build.npz (the report's arrays), search/ (Tune's
+own files). The build is one MLflow run whose children are the members (tagged with each member's own
+training run id) and the search trials.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +41,7 @@ from ensembles.config import EnsembleConfig
 from ensembles.folds import out_of_fold, patient_folds
 from ensembles.objective import Objective, ObjectiveSpec
 from ensembles.recipe import Recipe, member_record
-from ensembles.search import Trial, run_search, score_out_of_fold
+from ensembles.search import Trial, predict_out_of_fold, run_search
 from ensembles.store import MemberStack, load_labels, load_members, load_views
 from ensembles.views import Studies, ViewAggregator
 
@@ -74,7 +83,9 @@ def build(
     out_dir: str | os.PathLike,
     views_path: str | os.PathLike | None = None,
     console: Console | None = None,
+    verbose: bool = False,
 ) -> BuildResult:
+    """Search, fit and score a recipe; `console` gets the progress, `verbose` lets Ray's own output through."""
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     stack = load_members(member_paths)
@@ -99,14 +110,32 @@ def build(
         f"best single {max(member_scores.values()):.4f}"
     )
 
+    started = time.perf_counter()
     trials = run_search(
-        stack.probs, table.labels, folds, spec, stack.classes, groups, config.search, out_dir / "search"
+        stack.probs,
+        table.labels,
+        folds,
+        spec,
+        stack.classes,
+        groups,
+        config.search,
+        out_dir / "search",
+        console,
+        verbose,
     )
+    search_seconds = time.perf_counter() - started
     best = trials[0]
-    console.print(f"search: {len(trials)} trials, best {best.combiner} {best.params} out-of-fold {best.score:.4f}")
-    combiner = make_combiner(best.combiner, best.params)
-    oof_score, oof = score_out_of_fold(combiner, stack.probs, objective, folds)
-    combiner.fit(stack.probs, objective)
+    stopped = sum(not t.complete for t in trials)
+    console.print(
+        f"search: {len(trials)} trials ({stopped} stopped early by ASHA), "
+        f"{sum(t.evaluations for t in trials)} objective evaluations, {search_seconds:.0f} s; "
+        f"best {best.combiner} {best.params} out-of-fold {best.score:.4f}",
+        markup=False,
+    )
+    fitted = [make_combiner(best.combiner, state) for state in best.fold_states]
+    combiner = type(fitted[0]).average(fitted)
+    oof = predict_out_of_fold(fitted, stack.probs, folds)
+    oof_score = objective(oof)
     fitted_score = objective(combiner.predict(stack.probs))
 
     studies = Studies.of(stack.study_ids)
@@ -116,16 +145,17 @@ def build(
     def calibrate(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         return Calibrator(config.calibration).fit(viewed[train], table.labels[train]).predict(viewed[test])
 
-    calibrated = out_of_fold(folds, calibrate, viewed.shape[1])
+    calibrated = np.clip(out_of_fold(folds, calibrate, viewed.shape[1]), 0, 1)
     calibrator = Calibrator(config.calibration).fit(viewed, table.labels)
+    final = np.clip(calibrator.predict(viewed), 0, 1)
     before = evaluate(table.labels, viewed, stack.classes, groups)
-    after = evaluate(table.labels, np.clip(calibrated, 0, 1), stack.classes, groups)
+    after = evaluate(table.labels, calibrated, stack.classes, groups)
     mean_oof = objective(make_combiner("mean_prob").predict(stack.probs))
     scores = {
         "oof_combiner": oof_score,
         "fitted_combiner_in_sample": fitted_score,
         "oof_after_views": view_scores[view_method],
-        "oof_final": objective(calibrated),
+        "oof_final": objective(final, calibrated=calibrated),
         "best_single_member": max(member_scores.values()),
         "mean_prob": mean_oof,
         "oof_mECE_before_calibration": before.mECE,
@@ -152,7 +182,7 @@ def build(
     with tracker.run(config.experiment, f"ensemble-{chash}", tags={"cxrlt.kind": "ensemble"}) as run:
         recipe.mlflow_run_id = run.run_id
         recipe_path = recipe.write(out_dir / "recipe.json")
-        _log_build(tracker, run, config, stack, recipe, trials, member_scores)
+        _log_build(tracker, run, config, stack, recipe, trials, member_scores, search_seconds)
         for path in (recipe_path, out_dir / "config.toml", out_dir / "build.npz"):
             run.log_artifact(path)
     return BuildResult(recipe=recipe, recipe_path=recipe_path, trials=trials)
@@ -199,6 +229,7 @@ def _log_build(
     recipe: Recipe,
     trials: list[Trial],
     member_scores: dict[str, float],
+    search_seconds: float,
 ) -> None:
     weights = make_combiner(recipe.combiner["name"], recipe.combiner["state"]).member_weights(
         len(stack.members), len(stack.classes)
@@ -207,6 +238,14 @@ def _log_build(
         {**_flatten("", to_dict(config)), "combiner": recipe.combiner["name"], "views": recipe.views["method"]}
     )
     run.log_metrics({k: v for k, v in recipe.scores.items() if np.isfinite(v)})
+    run.log_metrics(
+        {
+            "search_seconds": search_seconds,
+            "search_trials": len(trials),
+            "search_trials_stopped": sum(not t.complete for t in trials),
+            "search_evaluations": sum(t.evaluations for t in trials),
+        }
+    )
     run.set_tags({"cxrlt.schema": stack.schema, "cxrlt.split": stack.split})
     for m, member in enumerate(stack.members):
         tags = {"cxrlt.kind": "ensemble-member", "cxrlt.model": member.name, "cxrlt.predictions": str(member.path)}
@@ -220,4 +259,11 @@ def _log_build(
             config.experiment, name, parent_run_id=run.run_id, tags={"cxrlt.kind": "search-trial"}
         ) as child:
             child.log_params({"combiner": trial.combiner, **trial.params})
-            child.log_metrics({"oof_score": trial.score})
+            child.log_metrics(
+                {
+                    "oof_score": trial.score,
+                    "folds": trial.folds,
+                    "seconds": trial.seconds,
+                    "evaluations": trial.evaluations,
+                }
+            )

@@ -53,7 +53,7 @@ class Calibrator:
             self.fitted_classes[c] = True
             if self.method == "temperature":
                 z = member_logits(p)
-                found = minimize_scalar(lambda t: _log_loss(z, y, t), bounds=LOG_T_BOUNDS, method="bounded")
+                found = minimize_scalar(lambda t, z=z, y=y: _log_loss(z, y, t), bounds=LOG_T_BOUNDS, method="bounded")
                 self.temperature[c] = float(np.exp(found.x))
             else:
                 iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)

@@ -3,19 +3,23 @@
 Each combiner is a dataclass: its hyperparameters are fields a search sets, its fitted state (weights,
 coefficients) fields `fit` fills, and `state()` / `from_state()` turn both into the plain JSON a recipe
 stores, so `apply` reproduces the fitted ensemble without refitting. `member_weights()` gives the
-(M, C) weight matrix the report draws as a heat-map.
+(M, C) weight matrix the report draws as a heat-map. `average()` merges one setting fitted on each
+cross-validation fold into the single combiner a recipe stores (weights and coefficients averaged,
+greedy counts summed), so the recipe applies the combiners whose out-of-fold outputs the build scored and
+calibrated, not a refit on all rows whose outputs nothing was fitted on (issue #16 item 6).
 
 mean_prob, mean_logit, rank_average: no fitting. weighted: softmax(temperature * standardised member
 AP on the fitting rows), global or per class, in probability or logit space. per_class_select: per
 class, the mean of the top-k members by AP. greedy: Caruana et al. (2004) forward selection with
-replacement, optionally over random member bags, weights = selection counts. stacking: per class a
+replacement, optionally over random member bags or per class, weights = selection counts. stacking: per class a
 logistic regression on member logits (sklearn).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -54,6 +58,12 @@ class Combiner:
 
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
         return np.full((n_members, n_classes), 1.0 / n_members)
+
+    @classmethod
+    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+        """One combiner standing for `fitted`, these settings fitted on each fold's training rows: the
+        combiner a recipe stores. Parameter-free combiners are the same on every fold."""
+        return fitted[0]
 
     def state(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -109,11 +119,11 @@ class Weighted(Combiner):
     weights: np.ndarray | None = None  # (M, C)
 
     def fit(self, probs: np.ndarray, objective: Objective) -> Weighted:
-        n_members, _, n_classes = probs.shape
+        n_classes = probs.shape[2]
         if self.scope == "global":
-            scores = np.array([objective(m) for m in probs])[:, None].repeat(n_classes, axis=1)
+            scores = np.array(objective.map(objective, probs))[:, None].repeat(n_classes, axis=1)
         else:
-            scores = np.stack([objective.per_class_ap(m) for m in probs])
+            scores = np.stack(objective.map(objective.per_class_ap, probs))
         spread = np.nanstd(scores, axis=0)
         z = (scores - np.nanmean(scores, axis=0)) / np.where(spread > 0, spread, 1.0)
         self.weights = softmax(self.temperature * np.nan_to_num(z), axis=0)
@@ -125,6 +135,10 @@ class Weighted(Combiner):
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
         return self.weights
 
+    @classmethod
+    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+        return dataclasses.replace(fitted[0], weights=np.mean([f.weights for f in fitted], axis=0))
+
 
 @dataclass
 class PerClassSelect(Combiner):
@@ -133,7 +147,7 @@ class PerClassSelect(Combiner):
     weights: np.ndarray | None = None
 
     def fit(self, probs: np.ndarray, objective: Objective) -> PerClassSelect:
-        ap = np.stack([objective.per_class_ap(m) for m in probs])
+        ap = np.stack(objective.map(objective.per_class_ap, probs))
         k = min(self.top_k, probs.shape[0])
         best = np.argsort(-np.nan_to_num(ap, nan=-1.0), axis=0, kind="stable")[:k]
         self.weights = np.zeros(ap.shape)
@@ -146,63 +160,132 @@ class PerClassSelect(Combiner):
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
         return self.weights
 
+    @classmethod
+    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+        return dataclasses.replace(fitted[0], weights=np.mean([f.weights for f in fitted], axis=0))
+
 
 @dataclass
 class Greedy(Combiner):
     """Caruana forward selection with replacement: start from the `init` best members, then repeatedly
     add whichever member (again, possibly) most improves the objective of the running mean; keep the
     best prefix. With `bags` > 1 each bag draws `bag_fraction` of the members, and the weights are the
-    selection counts summed over bags (Caruana's remedy for overfitting the selection set)."""
+    selection counts summed over bags (Caruana's remedy for overfitting the selection set).
+
+    Selection stops after `patience` additions in a row that do not beat the best prefix, or after
+    `iterations` additions: the best prefix of 40 members is usually reached within a few dozen steps,
+    and the steps after it only cost time (the issue #17 build spent 10 minutes on 162-step bags).
+    scope "per_class" runs the selection for each class on its own AP (Caruana per class): one candidate
+    evaluation gives every class's AP, so it costs what the global selection costs; each class keeps its
+    own best prefix and patience, and classes that are done are no longer scored. It ignores the
+    objective's class weights and mECE term, which do not decide a single class's ranking.
+    space "logit" averages the members' logits, as mean_logit does, instead of their probabilities; a
+    candidate is scored on its mean logit directly when only ranks count (AP is the same under expit)."""
 
     name: ClassVar[str] = "greedy"
     iterations: int = 20
     init: int = 1
     bags: int = 1
     bag_fraction: float = 0.5
+    patience: int = 10
+    scope: Literal["global", "per_class"] = "global"
+    space: Literal["prob", "logit"] = "prob"
     seed: int = 0
-    counts: np.ndarray | None = None  # (M,) selection counts
-    progress: Any = field(default=None, repr=False, compare=False)  # optional callable(step, score)
+    counts: np.ndarray | None = None  # (M,) selection counts, (M, C) for scope "per_class"
 
     def fit(self, probs: np.ndarray, objective: Objective) -> Greedy:
-        n_members = probs.shape[0]
+        n_members, _, n_classes = probs.shape
         rng = np.random.default_rng(self.seed)
-        counts = np.zeros(n_members, dtype=np.int64)
-        singles = np.array([objective(m) for m in probs])
+        per_class = self.scope == "per_class"
+        counts = np.zeros((n_members, n_classes) if per_class else n_members, dtype=np.int64)
+        if per_class:
+            singles = np.nan_to_num(np.stack(objective.map(objective.per_class_ap, probs)), nan=-1.0)
+        else:
+            singles = np.array(objective.map(objective, probs))
+        values = probs if self.space == "prob" else member_logits(probs)
         for _ in range(self.bags):
             pool = np.arange(n_members)
             if self.bags > 1:
                 size = max(1, round(self.bag_fraction * n_members))
                 pool = np.sort(rng.choice(n_members, size=size, replace=False))
-            counts += self._select(probs, objective, pool, singles)
+            select = self._select_per_class if per_class else self._select
+            counts += select(values, objective, pool, singles)
         self.counts = counts
         return self
 
-    def _select(self, probs: np.ndarray, objective: Objective, pool: np.ndarray, singles: np.ndarray) -> np.ndarray:
-        counts = np.zeros(probs.shape[0], dtype=np.int64)
+    def _score(self, summed: np.ndarray, n: int, objective: Objective) -> float:
+        """The objective of the running mean summed / n of `values` (probabilities, or logits for space
+        "logit"). AP ignores a positive scale and the expit, so unless the objective has an mECE term the
+        float32 sum itself is scored: a pass fewer, and no float64 mean (a float32 array divided by
+        numpy's integer count is float64, whose sorts take twice as long)."""
+        if not objective.spec.ece_weight:
+            return objective(summed)
+        mean = summed / np.float32(n)
+        return objective(expit(mean) if self.space == "logit" else mean)
+
+    def _select(self, values: np.ndarray, objective: Objective, pool: np.ndarray, singles: np.ndarray) -> np.ndarray:
+        counts = np.zeros(values.shape[0], dtype=np.int64)
         start = pool[np.argsort(-singles[pool], kind="stable")[: max(1, self.init)]]
         counts[start] += 1
-        total = probs[start].sum(axis=0, dtype=np.float32)
-        best_score, best_counts = objective(total / counts.sum()), counts.copy()
-        for step in range(self.iterations):
+        total = values[start].sum(axis=0, dtype=np.float32)
+        best_score, best_counts = self._score(total, counts.sum(), objective), counts.copy()
+        stale = 0
+        for _ in range(self.iterations):
             n = counts.sum() + 1
-            scores = [objective((total + probs[m]) / n) for m in pool]
-            pick = pool[int(np.argmax(scores))]
-            counts[pick] += 1
-            total += probs[pick]
-            if max(scores) > best_score:
-                best_score, best_counts = max(scores), counts.copy()
-            if self.progress is not None:
-                self.progress(step, max(scores))
+            scores = objective.map(lambda m, n=n, total=total: self._score(total + values[m], n, objective), pool)
+            pick = int(np.argmax(scores))
+            counts[pool[pick]] += 1
+            total += values[pool[pick]]
+            stale += 1
+            if scores[pick] > best_score:
+                best_score, best_counts, stale = scores[pick], counts.copy(), 0
+            if stale >= self.patience:
+                break
+        return best_counts
+
+    def _select_per_class(
+        self, values: np.ndarray, objective: Objective, pool: np.ndarray, singles: np.ndarray
+    ) -> np.ndarray:
+        n_members, _, n_classes = values.shape
+        classes = np.arange(n_classes)
+        counts = np.zeros((n_members, n_classes), dtype=np.int64)
+        start = pool[np.argsort(-singles[pool], axis=0, kind="stable")[: max(1, self.init)]]  # (init, C)
+        total = np.zeros(values.shape[1:], dtype=np.float32)
+        for row in start:
+            counts[row, classes] += 1
+            total += values[row, :, classes].T
+        best_score = objective.per_class_ap(total)
+        best_counts = counts.copy()
+        stale = np.zeros(n_classes, dtype=np.int64)
+        active = objective.valid.copy()  # classes without AP have nothing to select by
+        for _ in range(self.iterations):
+            todo = np.flatnonzero(active)
+            if todo.size == 0:
+                break
+            # Per class AP ignores a positive scale, so the running sums need no division by the counts.
+            scores = np.stack(objective.map(lambda m, todo=todo: objective.per_class_ap(total + values[m], todo), pool))
+            scores = scores[:, todo]
+            pick = pool[np.argmax(scores, axis=0)]
+            counts[pick, todo] += 1
+            total[:, todo] += values[pick, :, todo].T
+            better = scores.max(axis=0) > best_score[todo]
+            stale[todo] = np.where(better, 0, stale[todo] + 1)
+            best_score[todo[better]] = scores.max(axis=0)[better]
+            best_counts[:, todo[better]] = counts[:, todo[better]]
+            active[todo[stale[todo] >= self.patience]] = False
         return best_counts
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
-        return weighted_mean(probs, self.member_weights(probs.shape[0], probs.shape[2]))
+        return weighted_mean(probs, self.member_weights(probs.shape[0], probs.shape[2]), self.space)
 
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
-        return np.repeat((self.counts / self.counts.sum())[:, None], n_classes, axis=1)
+        counts = self.counts if self.counts.ndim == 2 else np.repeat(self.counts[:, None], n_classes, axis=1)
+        return counts / counts.sum(axis=0, keepdims=True)
 
-    def state(self) -> dict[str, Any]:
-        return {k: v for k, v in super().state().items() if k != "progress"}
+    @classmethod
+    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+        # Counts summed over the folds, as over bags: the folds' selections vote like bags do.
+        return dataclasses.replace(fitted[0], counts=np.sum([f.counts for f in fitted], axis=0))
 
 
 @dataclass
@@ -219,14 +302,17 @@ class Stacking(Combiner):
         n_members, _, n_classes = probs.shape
         self.coef = np.full((n_classes, n_members), 1.0 / n_members)
         self.intercept = np.zeros(n_classes)
-        for c in range(n_classes):
+
+        def fit_class(c: int) -> LogisticRegression | None:
             labels = objective.labels[:, c]
             known = labels != -1
             if len(np.unique(labels[known])) < 2:
-                continue
-            features = member_logits(probs[:, known, c].T)
-            model = LogisticRegression(C=self.C, max_iter=500).fit(features, labels[known])
-            self.coef[c], self.intercept[c] = model.coef_[0], model.intercept_[0]
+                return None
+            return LogisticRegression(C=self.C, max_iter=500).fit(member_logits(probs[:, known, c].T), labels[known])
+
+        for c, model in enumerate(objective.map(fit_class, range(n_classes))):
+            if model is not None:
+                self.coef[c], self.intercept[c] = model.coef_[0], model.intercept_[0]
         return self
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
@@ -238,6 +324,16 @@ class Stacking(Combiner):
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
         magnitude = np.abs(self.coef.T)
         return magnitude / np.maximum(magnitude.sum(axis=0, keepdims=True), 1e-12)
+
+    @classmethod
+    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+        # The folds' models averaged in logit space: coefficients on the folds' scale, which is the scale
+        # of the out-of-fold outputs the calibration after it was fitted on.
+        return dataclasses.replace(
+            fitted[0],
+            coef=np.mean([f.coef for f in fitted], axis=0),
+            intercept=np.mean([f.intercept for f in fitted], axis=0),
+        )
 
 
 COMBINERS: dict[str, type[Combiner]] = {

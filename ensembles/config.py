@@ -11,11 +11,11 @@ from ensembles.views import METHODS
 
 @dataclass
 class SearchConfig:
-    """Ray Tune search: every parameter-free combiner once, then `samples` random draws of the others."""
+    """Ray Tune search: every parameter-free combiner once, then `samples` seeded draws of the others."""
 
     combiners: list[str] = field(default_factory=lambda: list(COMBINERS))
     samples: int = 12
-    cpus: int = 2
+    cpus: int = 2  # Ray's CPUs; trials run one at a time, each evaluating on this many threads
     seed: int = 0
 
     def __post_init__(self) -> None:

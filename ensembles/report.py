@@ -27,7 +27,7 @@ def _ap_plot(data: dict, path: Path) -> str:
     classes = data["classes"]
     fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(classes)), 4.5))
     x = np.arange(len(classes))
-    for m, name in enumerate(data["members"]):
+    for m in range(len(data["members"])):
         ax.scatter(x, data["member_ap"][m], s=10, color="0.6", label="members" if m == 0 else None)
     ax.scatter(x, data["ensemble_ap"], s=28, color="C3", marker="D", label="ensemble (out of fold)")
     ax.set_xticks(x, classes, rotation=90, fontsize=7)

@@ -3,11 +3,15 @@
 Patients have 1-3 studies, studies 1-3 images (views PA/AP/LATERAL); labels are study-level, drawn
 from a latent severity per (study, class) with long-tailed prevalences. Member m's logit for an image is
 
-    quality[m, c] * latent + shared noise (common to all members) + own noise + view noise
+    quality[m, c] * latent + shared_noise * shared noise (common to all members) + own noise + view noise
 
 so members are correlated (they share a noise component, as models trained on the same data do), each
-is better at some classes than others, and lateral views are noisier than frontal ones. The true
-quality matrix is returned, so a test can check that a search prefers the members that are better.
+is better at some classes than others, and lateral views are noisier than frontal ones. quality[m, c]
+is uniform in `quality_range` times a member factor uniform in 1 +- `member_spread`. With `confounded` the
+shared noise is multiplied by quality[m, c] too, a confounder members pick up with the signal: no
+weighting of members can then subtract it, as none can for real members (without it, stacking learns
+negative weights that cancel the shared noise and scores implausibly high). The true quality matrix is
+returned, so a test can check that a search prefers the members that are better.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ def simulate(
     classes: tuple[str, ...],
     prevalence: np.ndarray | None = None,
     shared_noise: float = 0.8,
+    quality_range: tuple[float, float] = (0.6, 2.2),
+    member_spread: float = 0.3,
+    confounded: bool = False,
     unknown_fraction: float = 0.05,
     seed: int = 0,
 ) -> Simulation:
@@ -71,14 +78,16 @@ def simulate(
     labels[rng.random(labels.shape) < unknown_fraction] = -1
     views = rng.choice(np.array(["PA", "AP", "LATERAL"]), size=n_images, p=[0.35, 0.35, 0.30])
     lateral = (views == "LATERAL")[:, None]
-    quality = rng.uniform(0.6, 2.2, (n_members, n_classes)) * rng.uniform(0.7, 1.3, (n_members, 1))
+    quality = rng.uniform(*quality_range, (n_members, n_classes))
+    quality *= rng.uniform(1 - member_spread, 1 + member_spread, (n_members, 1))
     shared = rng.standard_normal((n_images, n_classes), dtype=np.float32)
     signal = latent[study_of_image].astype(np.float32)
     offset = norm.ppf(1 - prevalence).astype(np.float32) * 2.0
     probs = np.empty((n_members, n_images, n_classes), dtype=np.float32)
     for m in range(n_members):
         noise = rng.standard_normal((n_images, n_classes), dtype=np.float32) * np.where(lateral, 1.6, 1.0)
-        logits = quality[m].astype(np.float32) * signal + shared_noise * shared + noise
+        loading = quality[m].astype(np.float32) if confounded else np.float32(1.0)
+        logits = quality[m].astype(np.float32) * signal + shared_noise * loading * shared + noise
         probs[m] = expit(1.5 * logits - offset)
     return Simulation(
         classes=tuple(classes),

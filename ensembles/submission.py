@@ -1,8 +1,9 @@
 """CodaLab submission files from an applied ensemble's prediction file.
 
 Rows follow the challenge's id CSV (dicom_id = the prediction file's image_id); class columns are the
-task's, in the task's order, picked by name; several prediction files are averaged class by class. The zip is built in a temporary file, checked with the
-foundation's validator, and only renamed into place when it has no faults.
+task's, in the task's order, picked by name; several prediction files are averaged class by class. The
+zip is built in a temporary file, checked with the foundation's validator, and only renamed into place
+when it has no faults.
 """
 
 from __future__ import annotations

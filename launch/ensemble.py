@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--config", type=Path, help="ensemble config TOML")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     build.add_argument("--out", required=True, type=Path, help="build folder")
+    build.add_argument(
+        "--verbose", action="store_true", help="show Ray's and Tune's own output (hidden by default: a line per trial)"
+    )
     build.set_defaults(run=run_build)
 
     apply = actions.add_parser("apply", help="apply a recipe to members' predictions (no refitting)")
@@ -77,7 +80,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     console = make_console()
     config = load_config(EnsembleConfig, args.config, args.overrides)
-    result = build(config, args.predictions, args.labels, args.out, args.views, console)
+    result = build(config, args.predictions, args.labels, args.out, args.views, console, args.verbose)
     table = Table("score", "value", title=f"ensemble {result.recipe.config_hash}")
     for name, value in result.recipe.scores.items():
         table.add_row(name, f"{value:.4f}")

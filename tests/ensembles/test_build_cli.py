@@ -70,6 +70,7 @@ def built(tmp_path_factory):
         "test_paths": test_paths,
         "test_labels": test_labels,
         "stdout": run.stdout,
+        "stderr": run.stderr,
     }
 
 
@@ -88,6 +89,16 @@ def test_search_beats_the_mean_and_its_out_of_fold_score_is_not_optimistic(built
     assert scores["oof_final"] <= held_out + 0.02  # not optimistic, within split-to-split noise
     assert abs(scores["oof_final"] - held_out) < 0.05
     assert scores["fitted_combiner_in_sample"] >= scores["oof_combiner"]
+
+
+def test_build_shows_a_line_per_trial_and_none_of_rays_own_output(built):
+    """Issue #17: a person can follow the search; Ray's banners and warnings only come with --verbose."""
+    lines = built["stdout"].splitlines()
+    trial_lines = [line for line in lines if line.rstrip().endswith(" evaluations")]  # combiner, score, s, work
+    assert len(trial_lines) == 2 + 4 and trial_lines[0].startswith("mean_prob: out-of-fold ")
+    assert any(line.startswith("search ") and "6/6" in line for line in lines)
+    for banner in ("View detailed results", "TensorBoard", "Pre-set value", "Token authentication", "Started a local"):
+        assert banner not in built["stdout"] + built["stderr"], banner
 
 
 def test_build_is_an_mlflow_run_with_members_and_trials_as_children(built):
