@@ -178,9 +178,7 @@ class Tracker:
                 experiment_id = self.store.get_run(parent_run_id).info.experiment_id
             else:
                 experiment_id = self.experiment_id(experiment)
-            created = self.store.create_run(
-                experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
-            )
+            created = self.store.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
             run_id = created.info.run_id
         try:
             yield Run(self.store, run_id)

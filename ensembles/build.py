@@ -43,7 +43,7 @@ from ensembles.objective import Objective, ObjectiveSpec
 from ensembles.recipe import Recipe, member_record
 from ensembles.search import Trial, predict_out_of_fold, run_search
 from ensembles.store import MemberStack, load_labels, load_members, load_views
-from ensembles.views import Studies, ViewAggregator
+from ensembles.views import Studies, ViewAggregator, ViewMethod, as_view_method
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,12 @@ def _choose_views(
     views: np.ndarray,
     objective: Objective,
     folds: np.ndarray,
-) -> tuple[str, dict[str, float], np.ndarray]:
-    scores, predictions = {}, {}
-    for method in config.views:
+) -> tuple[ViewMethod, dict[str, float], np.ndarray]:
+    scores: dict[str, float] = {}
+    predictions: dict[ViewMethod, np.ndarray] = {}
+    for method in map(as_view_method, config.views):
 
-        def fit_predict(train: np.ndarray, test: np.ndarray, method: str = method) -> np.ndarray:
+        def fit_predict(train: np.ndarray, test: np.ndarray, method: ViewMethod = method) -> np.ndarray:
             agg = ViewAggregator(method, config.frontal_weight).fit(
                 oof[train], studies.subset(train), views[train], objective.subset(train)
             )
@@ -72,7 +73,7 @@ def _choose_views(
 
         predictions[method] = out_of_fold(folds, fit_predict, oof.shape[1])
         scores[method] = objective(predictions[method])
-    best = max(scores, key=scores.get)
+    best = max(predictions, key=lambda method: scores[method])
     return best, scores, predictions[best]
 
 
@@ -132,6 +133,11 @@ def build(
         f"best {best.combiner} {best.params} out-of-fold {best.score:.4f}",
         markup=False,
     )
+    if best.fold_states is None:
+        raise RuntimeError(
+            f"the best trial ({best.combiner} {best.params}) ran {best.folds}/{best.n_folds} folds and has no fitted "
+            "folds to build the recipe from"
+        )
     fitted = [make_combiner(best.combiner, state) for state in best.fold_states]
     combiner = type(fitted[0]).average(fitted)
     oof = predict_out_of_fold(fitted, stack.probs, folds)

@@ -12,7 +12,7 @@ A class whose fitting rows lack positives or negatives is left as is (T = 1, ide
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -23,6 +23,7 @@ from ensembles.combiners import member_logits
 
 CalibrationMethod = Literal["none", "temperature", "isotonic"]
 LOG_T_BOUNDS = (-4.0, 4.0)
+T = TypeVar("T")
 
 
 def _log_loss(logits: np.ndarray, labels: np.ndarray, log_t: float) -> float:
@@ -64,13 +65,21 @@ class Calibrator:
         if self.method == "none":
             return probs
         out = np.empty_like(probs, dtype=np.float32)
-        for c in range(probs.shape[1]):
-            if self.method == "temperature":
-                out[:, c] = expit(member_logits(probs[:, c]) / self.temperature[c])
-            else:
-                xs, ys = self.knots[c]
+        if self.method == "temperature":
+            temperature = self._fitted(self.temperature)
+            for c in range(probs.shape[1]):
+                out[:, c] = expit(member_logits(probs[:, c]) / temperature[c])
+        else:
+            knots = self._fitted(self.knots)
+            for c in range(probs.shape[1]):
+                xs, ys = knots[c]
                 out[:, c] = np.interp(probs[:, c], xs, ys)
         return out
+
+    def _fitted(self, value: T | None) -> T:
+        if value is None:
+            raise RuntimeError(f"calibrator {self.method!r} is not fitted: fit it, or load it from a fitted state")
+        return value
 
     def state(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 from scipy.special import expit, logit, softmax
@@ -46,6 +46,13 @@ def weighted_mean(probs: np.ndarray, weights: np.ndarray, space: str = "prob") -
     return (out if space == "prob" else expit(out)).astype(np.float32)
 
 
+def _fitted(value: np.ndarray | None, combiner: str, field: str) -> np.ndarray:
+    """`value`, a fitted-state field, which must have been set by `fit` or `from_state` before use."""
+    if value is None:
+        raise RuntimeError(f"combiner {combiner!r} has no {field}: fit it, or load it from a state that has them")
+    return value
+
+
 @dataclass
 class Combiner:
     name: ClassVar[str]
@@ -60,7 +67,7 @@ class Combiner:
         return np.full((n_members, n_classes), 1.0 / n_members)
 
     @classmethod
-    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+    def average(cls, fitted: Sequence[Self]) -> Self:
         """One combiner standing for `fitted`, these settings fitted on each fold's training rows: the
         combiner a recipe stores. Parameter-free combiners are the same on every fold."""
         return fitted[0]
@@ -69,7 +76,7 @@ class Combiner:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Combiner:
+    def from_state(cls, state: dict[str, Any]) -> Self:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(state) - set(known)
         if unknown:
@@ -130,14 +137,15 @@ class Weighted(Combiner):
         return self
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
-        return weighted_mean(probs, self.weights, self.space)
+        return weighted_mean(probs, _fitted(self.weights, self.name, "weights"), self.space)
 
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
-        return self.weights
+        return _fitted(self.weights, self.name, "weights")
 
     @classmethod
-    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
-        return dataclasses.replace(fitted[0], weights=np.mean([f.weights for f in fitted], axis=0))
+    def average(cls, fitted: Sequence[Self]) -> Self:
+        weights = [_fitted(f.weights, cls.name, "weights") for f in fitted]
+        return dataclasses.replace(fitted[0], weights=np.mean(weights, axis=0))
 
 
 @dataclass
@@ -150,19 +158,21 @@ class PerClassSelect(Combiner):
         ap = np.stack(objective.map(objective.per_class_ap, probs))
         k = min(self.top_k, probs.shape[0])
         best = np.argsort(-np.nan_to_num(ap, nan=-1.0), axis=0, kind="stable")[:k]
-        self.weights = np.zeros(ap.shape)
-        np.put_along_axis(self.weights, best, 1.0 / k, axis=0)
+        weights = np.zeros(ap.shape)
+        np.put_along_axis(weights, best, 1.0 / k, axis=0)
+        self.weights = weights
         return self
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
-        return weighted_mean(probs, self.weights)
+        return weighted_mean(probs, _fitted(self.weights, self.name, "weights"))
 
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
-        return self.weights
+        return _fitted(self.weights, self.name, "weights")
 
     @classmethod
-    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
-        return dataclasses.replace(fitted[0], weights=np.mean([f.weights for f in fitted], axis=0))
+    def average(cls, fitted: Sequence[Self]) -> Self:
+        weights = [_fitted(f.weights, cls.name, "weights") for f in fitted]
+        return dataclasses.replace(fitted[0], weights=np.mean(weights, axis=0))
 
 
 @dataclass
@@ -232,7 +242,11 @@ class Greedy(Combiner):
         stale = 0
         for _ in range(self.iterations):
             n = counts.sum() + 1
-            scores = objective.map(lambda m, n=n, total=total: self._score(total + values[m], n, objective), pool)
+
+            def candidate(m: int, n: int = n, total: np.ndarray = total) -> float:
+                return self._score(total + values[m], n, objective)
+
+            scores = objective.map(candidate, pool)
             pick = int(np.argmax(scores))
             counts[pool[pick]] += 1
             total += values[pool[pick]]
@@ -262,8 +276,12 @@ class Greedy(Combiner):
             todo = np.flatnonzero(active)
             if todo.size == 0:
                 break
+
+            def candidate_aps(m: int, todo: np.ndarray = todo) -> np.ndarray:
+                return objective.per_class_ap(total + values[m], todo)
+
             # Per class AP ignores a positive scale, so the running sums need no division by the counts.
-            scores = np.stack(objective.map(lambda m, todo=todo: objective.per_class_ap(total + values[m], todo), pool))
+            scores = np.stack(objective.map(candidate_aps, pool))
             scores = scores[:, todo]
             pick = pool[np.argmax(scores, axis=0)]
             counts[pick, todo] += 1
@@ -279,13 +297,15 @@ class Greedy(Combiner):
         return weighted_mean(probs, self.member_weights(probs.shape[0], probs.shape[2]), self.space)
 
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
-        counts = self.counts if self.counts.ndim == 2 else np.repeat(self.counts[:, None], n_classes, axis=1)
+        selected = _fitted(self.counts, self.name, "counts")
+        counts = selected if selected.ndim == 2 else np.repeat(selected[:, None], n_classes, axis=1)
         return counts / counts.sum(axis=0, keepdims=True)
 
     @classmethod
-    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+    def average(cls, fitted: Sequence[Self]) -> Self:
         # Counts summed over the folds, as over bags: the folds' selections vote like bags do.
-        return dataclasses.replace(fitted[0], counts=np.sum([f.counts for f in fitted], axis=0))
+        counts = [_fitted(f.counts, cls.name, "counts") for f in fitted]
+        return dataclasses.replace(fitted[0], counts=np.sum(counts, axis=0))
 
 
 @dataclass
@@ -300,8 +320,8 @@ class Stacking(Combiner):
 
     def fit(self, probs: np.ndarray, objective: Objective) -> Stacking:
         n_members, _, n_classes = probs.shape
-        self.coef = np.full((n_classes, n_members), 1.0 / n_members)
-        self.intercept = np.zeros(n_classes)
+        coef = np.full((n_classes, n_members), 1.0 / n_members)
+        intercept = np.zeros(n_classes)
 
         def fit_class(c: int) -> LogisticRegression | None:
             labels = objective.labels[:, c]
@@ -312,27 +332,30 @@ class Stacking(Combiner):
 
         for c, model in enumerate(objective.map(fit_class, range(n_classes))):
             if model is not None:
-                self.coef[c], self.intercept[c] = model.coef_[0], model.intercept_[0]
+                coef[c], intercept[c] = model.coef_[0], model.intercept_[0]
+        self.coef, self.intercept = coef, intercept
         return self
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
+        coef = _fitted(self.coef, self.name, "coef")
+        intercept = _fitted(self.intercept, self.name, "intercept")
         out = np.empty(probs.shape[1:], dtype=np.float32)
         for c in range(probs.shape[2]):
-            out[:, c] = expit(member_logits(probs[:, :, c].T) @ self.coef[c] + self.intercept[c])
+            out[:, c] = expit(member_logits(probs[:, :, c].T) @ coef[c] + intercept[c])
         return out
 
     def member_weights(self, n_members: int, n_classes: int) -> np.ndarray:
-        magnitude = np.abs(self.coef.T)
+        magnitude = np.abs(_fitted(self.coef, self.name, "coef").T)
         return magnitude / np.maximum(magnitude.sum(axis=0, keepdims=True), 1e-12)
 
     @classmethod
-    def average(cls, fitted: Sequence[Combiner]) -> Combiner:
+    def average(cls, fitted: Sequence[Self]) -> Self:
         # The folds' models averaged in logit space: coefficients on the folds' scale, which is the scale
         # of the out-of-fold outputs the calibration after it was fitted on.
         return dataclasses.replace(
             fitted[0],
-            coef=np.mean([f.coef for f in fitted], axis=0),
-            intercept=np.mean([f.intercept for f in fitted], axis=0),
+            coef=np.mean([_fitted(f.coef, cls.name, "coef") for f in fitted], axis=0),
+            intercept=np.mean([_fitted(f.intercept, cls.name, "intercept") for f in fitted], axis=0),
         )
 
 

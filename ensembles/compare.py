@@ -79,7 +79,7 @@ class Comparison:
         """Every model's row of COLUMNS (None where undefined), then the prevalence baseline's."""
         rows = {}
         for name, ev in self.models.items():
-            row = {"mAP": ev.mAP, "mAUROC": ev.mAUROC, "mF1": ev.mF1, "mECE": ev.mECE}
+            row: dict[str, float | None] = {"mAP": ev.mAP, "mAUROC": ev.mAUROC, "mF1": ev.mF1, "mECE": ev.mECE}
             row |= {f"{g}_mAP": ev.group_mAP.get(g) for g in GROUPS}
             rows[name] = {k: None if v is None or math.isnan(v) else float(v) for k, v in row.items()}
         rows[BASELINE] = self.baseline()
@@ -97,6 +97,8 @@ def _unique_names(loaded: Sequence[Predictions]) -> list[str]:
     names = []
     model_counts = pd.Series([p.meta.model for p in loaded]).value_counts()
     for p in loaded:
+        if p.path is None:
+            raise ValueError(f"predictions of model {p.meta.model!r} carry no source path to name them by")
         name = p.meta.model.strip() or p.path.stem
         if model_counts[p.meta.model] > 1 or name in taken:
             name = p.path.stem
@@ -221,7 +223,7 @@ def _table_html(comparison: Comparison) -> str:
     keys = [k for k in COLUMNS if any(r[k] is not None for r in rows.values())]
     best = {}
     for k in keys:
-        values = [r[k] for r in rows.values() if r[k] is not None]
+        values = [v for r in rows.values() if (v := r[k]) is not None]
         best[k] = min(values) if k in LOWER_IS_BETTER else max(values)
 
     def cell(k: str, value: float | None) -> str:
@@ -323,8 +325,8 @@ def write_comparison(
         )
         if rows.size == 0:
             raise InputError(f"{labels}: none of its ids is among the {image_ids.size} predicted images")
-        columns = [first.meta.classes.index(c) for c in classes]
-        probs = {name: p[np.ix_(rows, columns)] for name, p in probs.items()}
+        task_columns = np.array([first.meta.classes.index(c) for c in classes])
+        probs = {name: p[np.ix_(rows, task_columns)] for name, p in probs.items()}
         image_ids = image_ids[rows]
     label_table = load_labels(labels, image_ids, classes).labels
     groups = get_schema(schema).groups()

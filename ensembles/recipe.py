@@ -161,4 +161,4 @@ def apply_recipe(
         tta="members' own",
         extra={"recipe": str(Path(recipe_path).resolve()), "members": [str(m.path) for m in stack.members]},
     )
-    return write_predictions(out, stack.image_ids, stack.study_ids, probs, meta)
+    return write_predictions(out, list(stack.image_ids), list(stack.study_ids), probs, meta)

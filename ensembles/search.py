@@ -241,7 +241,9 @@ def _listed_searcher(configs: list[dict[str, Any]]):
             self.configs = configs
             self.given = 0
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        # Ray annotates suggest as returning dict | None, but its own docs and Searcher.FINISHED (a str)
+        # say a searcher that has run out returns Searcher.FINISHED.
+        def suggest(self, trial_id: str) -> dict[str, Any] | str:  # type: ignore[override]
             if self.given == len(self.configs):
                 return Searcher.FINISHED
             self.given += 1
@@ -330,9 +332,13 @@ def run_search(
         if started:
             ray.shutdown()
     trials = []
-    for result in results:
+    # ResultGrid has __len__ and __getitem__ but no __iter__ in its annotations.
+    for i in range(len(results)):
+        result = results[i]
         if result.error is not None:
             raise RuntimeError(f"search trial {result.config} failed: {result.error}")
+        if result.config is None or result.metrics is None:
+            raise RuntimeError(f"search trial {i} reported no config or no metrics")
         states = None
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as folder:

@@ -112,7 +112,7 @@ def write_simulation(
         meta = PredictionMeta(classes=sim.classes, schema=schema, split=split, model=f"member{m:02d}", tta="none")
         paths.append(
             write_predictions(
-                folder / f"member{m:02d}.{split}{suffix}", sim.image_ids, sim.study_ids, sim.probs[m], meta
+                folder / f"member{m:02d}.{split}{suffix}", list(sim.image_ids), list(sim.study_ids), sim.probs[m], meta
             )
         )
     table = pd.DataFrame(np.where(sim.labels == -1, np.nan, sim.labels), columns=list(sim.classes)).astype("Int8")

@@ -10,7 +10,7 @@ come from the challenge's own CSVs and are aligned to the same rows.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrlt.errors import InputError
-from cxrlt.predictions import PredictionMeta, read_predictions
+from cxrlt.predictions import PredictionMeta, Predictions, read_predictions
 from cxrlt.tables import parse_labels, read_csv_strings, require_columns, resolve_id_column, unique_ids
 
 _SHOWN = 5
@@ -50,7 +50,7 @@ class MemberStack:
         return [m.name for m in self.members]
 
 
-def _listing(items: Sequence) -> str:
+def _listing(items: Iterable) -> str:
     items = list(items)
     return ", ".join(map(str, items[:_SHOWN])) + (f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
@@ -64,6 +64,13 @@ def _same(values: dict[Path, str], what: str) -> str:
     return distinct[0]
 
 
+def _source(p: Predictions) -> Path:
+    """The file `p` was read from; read_predictions always records it."""
+    if p.path is None:
+        raise ValueError(f"predictions of model {p.meta.model!r} carry no source path")
+    return p.path
+
+
 def load_members(paths: Sequence[str | os.PathLike], classes: Sequence[str] | None = None) -> MemberStack:
     """Load and align prediction files; `classes` (e.g. from a recipe) selects and orders the columns.
 
@@ -72,13 +79,13 @@ def load_members(paths: Sequence[str | os.PathLike], classes: Sequence[str] | No
     if not paths:
         raise InputError("no prediction files given")
     loaded = [read_predictions(p) for p in tqdm(paths, desc="loading members", unit="file", leave=False)]
-    schema = _same({p.path: p.meta.schema for p in loaded}, "schema")
-    split = _same({p.path: p.meta.split for p in loaded}, "split")
+    schema = _same({_source(p): p.meta.schema for p in loaded}, "schema")
+    split = _same({_source(p): p.meta.split for p in loaded}, "split")
     seen: dict[str, Path] = {}
     for p in loaded:
         if p.meta.model in seen:
             raise InputError(f"{p.path}: model {p.meta.model!r} is also in {seen[p.meta.model]}; one file per model")
-        seen[p.meta.model] = p.path
+        seen[p.meta.model] = _source(p)
     first = loaded[0]
     wanted = tuple(classes) if classes is not None else first.meta.classes
     for p in loaded:
@@ -94,11 +101,11 @@ def load_members(paths: Sequence[str | os.PathLike], classes: Sequence[str] | No
     for m, p in enumerate(loaded):
         rows = order.get_indexer(p.image_ids)
         if p.image_ids.size != order.size or (rows < 0).any():
-            missing = np.setdiff1d(first.image_ids.astype(str), p.image_ids.astype(str))
-            extra = p.image_ids[rows < 0]
+            missing_ids = np.setdiff1d(first.image_ids.astype(str), p.image_ids.astype(str))
+            extra_ids = p.image_ids[rows < 0]
             raise InputError(
-                f"{p.path}: image ids differ from {first.path}: {missing.size} missing ({_listing(missing)}), "
-                f"{extra.size} extra ({_listing(extra)})"
+                f"{p.path}: image ids differ from {first.path}: {missing_ids.size} missing ({_listing(missing_ids)}), "
+                f"{extra_ids.size} extra ({_listing(extra_ids)})"
             )
         moved = np.empty_like(p.study_ids)
         moved[rows] = p.study_ids
@@ -112,7 +119,7 @@ def load_members(paths: Sequence[str | os.PathLike], classes: Sequence[str] | No
         columns = [p.meta.classes.index(c) for c in wanted]
         probs[m, rows] = p.probs[:, columns]
     return MemberStack(
-        members=tuple(Member(p.path, p.meta) for p in loaded),
+        members=tuple(Member(_source(p), p.meta) for p in loaded),
         classes=wanted,
         schema=schema,
         split=split,

@@ -24,7 +24,15 @@ from ensembles.objective import Objective
 FRONTAL = frozenset({"PA", "AP", "POSTERO_ANTERIOR", "ANTERO_POSTERIOR", "PA LLD", "AP AXIAL"})
 ALPHAS = np.linspace(0.0, 1.0, 5)
 ViewMethod = Literal["none", "mean", "max", "frontal", "learned"]
-METHODS = ("none", "mean", "max", "frontal", "learned")
+METHODS: tuple[ViewMethod, ...] = ("none", "mean", "max", "frontal", "learned")
+
+
+def as_view_method(name: str) -> ViewMethod:
+    """`name` as a ViewMethod, refused with the known methods listed when it is not one."""
+    for method in METHODS:
+        if name == method:
+            return method
+    raise ValueError(f"unknown view method {name!r}; known: {list(METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,8 @@ class ViewAggregator:
         elif self.method == "mean":
             per_study = _weighted_study_mean(probs, np.ones(len(probs)), studies)
         else:
+            if self.alpha is None:
+                raise RuntimeError('view method "learned" has no alpha: fit it, or load it from a state that has one')
             mean, high = self._mean_and_max(probs, studies)
             per_study = self.alpha * high + (1 - self.alpha) * mean
         return studies.broadcast(per_study).astype(np.float32)
