@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from launch.options import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ensemble", help="ensembles of prediction files")
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--views", type=Path, help="CSV with the view column (default: the label CSV)")
     build.add_argument("--config", type=Path, help="ensemble config TOML")
-    build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(build)
     build.add_argument("--out", required=True, type=Path, help="build folder")
     build.add_argument(
         "--verbose", action="store_true", help="show Ray's and Tune's own output (hidden by default: a line per trial)"

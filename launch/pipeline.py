@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from launch.options import add_overrides
+
 STATE_FILE = "pipeline.json"
 
 
@@ -34,14 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as SLURM jobs. Rerunning skips finished steps.",
     )
     parser.add_argument("config", type=Path, help="pipeline TOML (configs/demo.toml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a [pipeline] value, e.g. pipeline.out_dir=runs/demo2",
-    )
+    add_overrides(parser, "override a [pipeline] value, e.g. pipeline.out_dir=runs/demo2")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and whether each would run")
     parser.set_defaults(run=run)
 

@@ -8,6 +8,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from launch.options import add_overrides
+
 KIND_HELP = {
     "train": "multi-node training: one srun task per node runs cxrlt train (torchrun)",
     "predict": "cxrlt predict ARGS (after --) on one node",
@@ -46,14 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="slurm.* keys configure the job; the others go to the command",
-    )
+    add_overrides(parser, "slurm.* keys configure the job; the others go to the command")
     parser.add_argument("--dry-run", action="store_true", help="print the script(s); submit nothing")
 
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from launch.options import add_overrides
+
 ACTIONS = {
     "train": "train (or with --resume continue) the label-conditioned diffusion model on data.shards",
     "sample": "generate tail-class candidates, filter them with filter.classifier, write synthetic shards",
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for action, text in ACTIONS.items():
         p = actions.add_parser(action, help=text, description=text)
         p.add_argument("config", type=Path, help="synth config TOML (configs/synth-*.toml)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        add_overrides(p)
         if action == "train":
             p.add_argument("--resume", action="store_true", help="continue from run.out_dir/checkpoint.pt")
         p.set_defaults(run=globals()[f"run_{action}"])

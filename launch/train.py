@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from launch.options import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint and reuses finished members.",
     )
     parser.add_argument("config", type=Path, help="training config TOML (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(parser)
     parser.add_argument("--nproc", type=int, default=1, help="ranks on this node (default 1)")
     parser.add_argument("--nnodes", type=int, default=1, help="nodes (each runs its own `cxrlt train`)")
     parser.add_argument("--rdzv-endpoint", help="HOST:PORT of the first node, for --nnodes > 1")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from launch.options import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,14 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "best.toml (a config for cxrlt train) into run.out_dir. --resume continues a killed study.",
     )
     parser.add_argument("config", type=Path, help="tune config TOML naming its base training config (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a tune config key, or train.KEY for the training config",
-    )
+    add_overrides(parser, "a tune config key, or train.KEY for the training config")
     parser.add_argument("--resume", action="store_true", help="continue the study in run.out_dir")
     parser.set_defaults(run=run)
 

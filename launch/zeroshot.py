@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from launch.options import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("zeroshot", help="few-shot examples from reports; adapt class queries")
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mine.add_argument("--images", type=Path, help="MIMIC-CXR-JPG root: gives MIMIC reports their image (DICOM) ids")
     mine.add_argument("--rules", required=True, type=Path, help="mining config TOML ([rules.<class>] terms)")
-    mine.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(mine)
     mine.add_argument("--out", required=True, type=Path, help="examples CSV")
     mine.set_defaults(run=run_mine)
     adapt = actions.add_parser(
@@ -39,14 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapt.add_argument("--examples", required=True, type=Path, help="CSV with class,label,image_id columns")
     adapt.add_argument("--classes", default="", help="comma-separated names to score (default the model's)")
     adapt.add_argument("--descriptions", type=Path, help="class descriptions file or packaged name")
-    adapt.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="few-shot settings: steps, lr, anchor",
-    )
+    add_overrides(adapt, "few-shot settings: steps, lr, anchor")
     adapt.add_argument("--out", required=True, type=Path, help="adapted trained-model file (.pt)")
     adapt.set_defaults(run=run_adapt)
 
