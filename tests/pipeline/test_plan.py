@@ -140,7 +140,9 @@ def test_every_task_has_its_submission_and_the_ensemble_gets_the_views() -> None
     assert {n for n in steps if n.startswith("submit-")} == {"submit-t1", "submit-t2", "submit-t3"}
     t3 = steps["submit-t3"].argv
     zero_shot = t3[t3.index("--predictions") + 1 : t3.index("--out")]
-    assert zero_shot == (str(cfg.out_dir / "predictions" / "dev-t3" / "textquery-convnext-s-64.csv"),)
+    # Both zero-shot members answer Task 3: the text-query ML-Decoder and the contrastive (prompt) member.
+    t3_dir = cfg.out_dir / "predictions" / "dev-t3"
+    assert zero_shot == (str(t3_dir / "textquery-convnext-s-64.csv"), str(t3_dir / "clip-convnext-s-64.csv"))
     scored = steps["predict-textquery-convnext-s-64-dev-t3"].argv
     assert scored[scored.index("--classes") + 1] == "Bulla,Cardiomyopathy,Hilum,Osteopenia,Scoliosis"
     assert "model.head.text_queries=true" in _sets(steps["train-textquery-convnext-s"].argv)
