@@ -4,11 +4,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Set before anything imports transformers/diffusers/deepspeed, so no test can reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# DeepSpeed picks its accelerator once, when first imported: on a GPU machine the CUDA tests need it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # CI clones the project with shared/ beside it, as in the developers' checkouts.

@@ -96,8 +96,13 @@ def init(backend: str = "auto") -> Context:
 
 
 def shutdown() -> None:
+    """Leave the process group, so that a later `init` in the same process forms a fresh one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    # DeepSpeed clones the world group once per process and keeps the clone after the group is destroyed;
+    # the next engine's parameter broadcast would then name a group torch no longer knows ("Group ... is
+    # not registered"). Forgetting the clone lets tests, benchmarks and notebooks build one engine per group.
+    deepspeed.utils.groups._WORLD_GROUP = None
 
 
 def _control_group() -> Any:
