@@ -15,11 +15,8 @@ training reader on one CPU core, and the CPU cores one GPU needs to never wait f
    taken after the first batch, rounds alternate reader and loop, the best round counts.
 3. Cores per GPU at 1024 px for ConvNeXt-S, EfficientNetV2-S and ViT-B/16: DataLoader workers =
    ceil(GPU images/s x 1.25 / reader images/s per core) (25 % headroom: a different CPU on the GPU
-   node, jitter), plus one core for the training process itself. The GPU rates are ASSUMED until #20
-   part 3 measures them on an H100 (`--gpu-rate` takes measured ones): ConvNeXt-S 150-300 images/s
-   (issue #20's figure); EfficientNetV2-S and ViT-B/16 run at ConvNeXt-S's rate times their speed
-   relative to it on timm's published RTX 3090 AMP training benchmark (benchmarks.trainer), each taken
-   to 1024 px by its forward FLOPs (counted here with torch's FLOP counter on meta tensors).
+   node, jitter), plus one core for the training process itself. The GPU rates are the trainer's own
+   measured on one H200 (`benchmarks.trainer throughput`); `--gpu-rate` takes a cluster's own.
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.trainer import TIMM_RTX3090_TRAIN
 from cxrlt.data.build import BuildOptions, build_shards
 from cxrlt.data.images import read_bytes
 from cxrlt.data.readers import ReaderConfig, TrainReader
@@ -52,8 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 ORIGINALS = REPO.parent / "shared" / "data" / "nih-starter-1024"
 BATCH = 16
 HEADROOM = 1.25
-# Issue #20's figure for one H100 training ConvNeXt-S at 1024 px, to be replaced by part 3's measurement.
-CONVNEXT_S_H100_1024 = (150.0, 300.0)
+# Training images/s at 1024 px on one H200 (bf16 autocast, DeepSpeed engine, the trainer's own step), as
+# `python -m benchmarks.trainer throughput --sizes 1024` printed them on 2026-11-30: ConvNeXt-S and
+# EfficientNetV2-S at batch 33, ViT-B/16 at batch 12. `--gpu-rate` replaces them with a cluster's own.
+H200_TRAIN_1024 = {"convnext_small": 103.1, "efficientnetv2_s": 84.6, "vit_base_patch16_224": 79.3}
 
 
 def machine() -> str:
@@ -154,50 +152,17 @@ def reader_vs_loop(shards: Path, images: int, rounds: int) -> dict[str, float]:
     return rates
 
 
-def forward_gflops(name: str, size: int) -> float:
-    """Forward GFLOPs of one image through a timm model (meta tensors: nothing is allocated or run)."""
-    import timm
-    from torch.utils.flop_counter import FlopCounterMode
-
-    kwargs = {"img_size": size} if name.startswith("vit") else {}
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        with FlopCounterMode(display=False) as counter:
-            model(torch.empty(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
-
-
-def assumed_gpu_rates() -> dict[str, tuple[float, float, str]]:
-    """(low, high, where from) images/s at 1024 px on one H100, per model (module docstring, item 3)."""
-    per_flop = {}
-    for name, (rate, size, _) in TIMM_RTX3090_TRAIN.items():
-        per_flop[name] = rate * forward_gflops(name, size) / forward_gflops(name, 1024)
-    low, high = CONVNEXT_S_H100_1024
-    rates = {"convnext_small": (low, high, "issue #20 figure")}
-    for name in ("efficientnetv2_s", "vit_base_patch16_224"):
-        ratio = per_flop[name] / per_flop["convnext_small"]
-        rates[name] = (low * ratio, high * ratio, f"ConvNeXt-S x {ratio:.2f} (timm RTX 3090, FLOPs at 1024)")
-    return rates
-
-
 def cores_per_gpu(reader_rate: float, measured: dict[str, float]) -> None:
-    rates = assumed_gpu_rates()
-    for name, rate in measured.items():
-        rates[name] = (rate, rate, "measured (--gpu-rate)")
+    rates = {name: (rate, "H200, benchmarks.trainer throughput") for name, rate in H200_TRAIN_1024.items()}
+    rates.update((name, (rate, "--gpu-rate")) for name, rate in measured.items())
     print(
         f"\n3. CPU cores per GPU at 1024 px, from the reader's {reader_rate:.1f} images/s per core: "
         f"workers = ceil(GPU images/s x {HEADROOM} / {reader_rate:.1f}), cores = workers + 1 (training process)"
     )
-    print(f"   {'model':22s} {'GPU images/s (H100)':>20s} {'cores per GPU':>14s}  source of the GPU rate")
-    for name, (low, high, source) in rates.items():
-        need = [math.ceil(rate * HEADROOM / reader_rate) + 1 for rate in (low, high)]
-        span = f"{low:.0f}-{high:.0f}" if low != high else f"{low:.0f}"
-        cores = f"{need[0]}-{need[1]}" if need[0] != need[1] else f"{need[0]}"
-        print(f"   {name:22s} {span:>20s} {cores:>14s}  {source}")
-    if not measured:
-        print(
-            "   GPU rates are ASSUMED, pending measurement on an H100 (#20 part 3); rerun with --gpu-rate NAME=IMG_S."
-        )
+    print(f"   {'model':22s} {'GPU images/s':>13s} {'cores per GPU':>14s}  source of the GPU rate")
+    for name, (rate, source) in rates.items():
+        cores = math.ceil(rate * HEADROOM / reader_rate) + 1
+        print(f"   {name:22s} {rate:13.0f} {cores:14d}  {source}")
     print("   SLURM: [slurm] cpus_per_node = gpus_per_node x cores per GPU; data.num_workers = cores per GPU - 1.")
 
 
@@ -207,7 +172,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="images per reader / loop measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--gpu-rate", action="append", default=[], metavar="NAME=IMG_S", help="a measured GPU rate at 1024 px"
+        "--gpu-rate", action="append", default=[], metavar="NAME=IMG_S", help="your GPU's training rate at 1024 px"
     )
     args = parser.parse_args()
     measured = {name: float(rate) for name, rate in (item.split("=", 1) for item in args.gpu_rate)}
