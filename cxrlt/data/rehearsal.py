@@ -10,7 +10,8 @@ Images are grouped into invented patients (1-3 studies) and studies (1-6 images,
 view; every split holds a study of 5 and of 6 images), split by patient 70/15/15. A study's labels are
 the union of its images' NIH labels plus the classes NIH lacks that its paired report's MeSH terms
 state; the 5 Task-3 classes go only to answers/development_labeled_task3.csv. Some images are held out
-in NIH's own layout (nih-external/). The tree is written beside DIR and renamed into place, with
+in NIH's own layout (nih-external/), others in VinDr-CXR's (vindr-external/,
+cxrlt.data.rehearsal_vindr). The tree is written beside DIR and renamed into place, with
 manifest.json written last; an existing tree with the same options is reused.
 """
 
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from cxrlt.data import rehearsal_context as context
 from cxrlt.data.rehearsal_files import write_csv, write_readme
 from cxrlt.data.rehearsal_reports import NIH_CLASSES, VARIANTS, ReportPairer, has_indication, render_report
+from cxrlt.data.rehearsal_vindr import write_vindr_tree
 from cxrlt.data.reports import Report, read_iu_reports
 from cxrlt.data.sources.starter import starter_folder
 from cxrlt.errors import InputError
@@ -55,26 +57,29 @@ IMAGE_SIZE = 256
 
 @dataclass(frozen=True)
 class RehearsalOptions:
-    """--seed, --images (None: all), --external (None: scaled with --images), --reports-archive."""
+    """--seed, --images (None: all), --external and --vindr (None: scaled with --images), --reports-archive."""
 
     seed: int = 0
     images: int | None = None
     external: int | None = None
     reports_archive: str = DEFAULT_REPORTS
+    vindr: int | None = None
 
     def resolved(self, available: int) -> RehearsalOptions:
         images = available if self.images is None else self.images
         if not 1 <= images <= available:
             raise InputError(f"--images {images}: the starter has {available} images")
         external = round(100 * images / available) if self.external is None else self.external
-        if not 0 <= external < images:
-            raise InputError(f"--external {external}: must be between 0 and --images ({images}) - 1")
-        if (images - external) * min(SPLIT_SHARES.values()) < MIN_SPLIT_IMAGES:
+        vindr = round(50 * images / available) if self.vindr is None else self.vindr
+        if not 0 <= external < images or not 0 <= vindr < images:
+            raise InputError(f"--external {external}, --vindr {vindr}: each must be in [0, --images ({images}) - 1]")
+        left = images - external - vindr
+        if left * min(SPLIT_SHARES.values()) < MIN_SPLIT_IMAGES:
             raise InputError(
-                f"--images {images} with --external {external} leaves {images - external} images for MIMIC "
+                f"--images {images} with --external {external} and --vindr {vindr} leaves {left} images for MIMIC "
                 f"studies; each split needs {MIN_SPLIT_IMAGES} (a study of 5 and of 6 images): use more images"
             )
-        return RehearsalOptions(self.seed, images, external, str(Path(self.reports_archive).resolve()))
+        return RehearsalOptions(self.seed, images, external, str(Path(self.reports_archive).resolve()), vindr)
 
 
 @dataclass
@@ -295,7 +300,8 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
     frame = pd.read_csv(starter_folder() / "labels.csv", dtype=str, keep_default_na=False)
     seeded = lambda k: np.random.default_rng([options.seed, k])  # noqa: E731 - one stream per concern
     order = seeded(0).permutation(len(frame))[: options.images].tolist()
-    external, rows = order[: options.external], order[options.external :]
+    external, vindr = order[: options.external], order[options.external : options.external + options.vindr]
+    rows = order[options.external + options.vindr :]
     studies = plan_studies(frame, rows, seeded(1))
     pairer, variants = ReportPairer(reports, seeded(2)), seeded(3)
     for study in studies:
@@ -328,7 +334,9 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
         ],
     ]
     write_csv(nih_table, tmp / "nih-external" / "Data_Entry_2017_v2020.csv")
+    write_vindr_tree(tmp / "vindr-external", frame, vindr, starter_folder() / "images")
     manifest = _summary(studies, covered, options, len(external))
+    manifest["images"]["vindr-external"] = len(vindr)
     manifest["models"] = _write_backbone_checkpoints(tmp / "models", options.seed)
     write_readme(tmp / "README.md", manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -83,6 +83,9 @@ Task-1 classes with no positive in any split (all-zero columns, as a class absen
   test_labeled_task1.csv
 - `mimic-iv-ed/2.2/ed/edstays.csv.gz`, `triage.csv.gz`
 - `nih-external/`: held-out images in NIH's own layout (Data_Entry_2017_v2020.csv + images/)
+- `vindr-external/`: other held-out images in VinDr-CXR's layout (annotations/image_labels_train.csv with
+  three agreeing invented readers per image, train/*.dicom: 12-bit DICOM, every other one MONOCHROME1),
+  their NIH labels on VinDr's names
 - `answers/development_labeled_task3.csv`, `manifest.json` (counts; written last)
 - `models/`: stand-ins for the recipe's local ImageNet checkpoints ({", ".join(manifest["models"])}): timm
   state dicts with a 3-channel stem and a 224 px grid, but random weights (nothing is downloaded)

@@ -291,3 +291,35 @@ def test_report_layout_and_indication_reader(tree):
     assert standard and all(extract_indication(t) for t in standard)
     assert any("EXAMINATION:" not in t and extract_indication(t) is None for t in texts)  # IMPRESSION only
     assert np.mean([extract_indication(t) is not None for t in texts]) > 0.6
+
+
+def test_shard_vindr_external_decodes_its_dicoms_like_the_originals(tree, tmp_path, read_back):
+    from cxrlt.data.dicom import dicom_gray8
+    from cxrlt.labels import VINDR_CXR
+
+    vindr = tree / "vindr-external"
+    labels = _csv(vindr / "annotations" / "image_labels_train.csv")
+    images = sorted(p.stem for p in (vindr / "train").iterdir())
+    assert len(images) == 12 and sorted(set(labels["image_id"])) == images
+    assert (labels.groupby("image_id")["rad_id"].nunique() == 3).all()
+    starter = Path(__file__).resolve().parents[2] / "cxrlt" / "resources" / "nih-starter"
+    for image_id in images:
+        with Image.open(starter / "images" / f"{image_id}.png") as original:
+            pixels = np.asarray(original.convert("L"), dtype=np.int64)
+        # 8-bit -> 12-bit detector values (every other file MONOCHROME1) -> windowed and stretched to the
+        # image's own range (cxrlt.data.dicom): the original's grey levels, stretched, within rounding.
+        decoded = dicom_gray8((vindr / "train" / f"{image_id}.dicom").read_bytes(), image_id).astype(np.int64)
+        stretched = (pixels - pixels.min()) * 255.0 / (pixels.max() - pixels.min())
+        assert np.abs(decoded - stretched).max() <= 2
+    argv = ["shard", "vindr-cxr", "--table", str(vindr / "annotations" / "image_labels_train.csv")]
+    argv += ["--images", str(vindr), "--schema", "vindr-cxr", "--split", "1,0,0", "--out", str(tmp_path / "v")]
+    assert main([*argv, "--max-size", "32"]) == 0
+    items = {item["id"]: item for item in read_back(tmp_path / "v")}
+    assert sorted(items) == images
+    nih = pd.read_csv(starter / "labels.csv", dtype=str).set_index("Image Index")
+    for image_id, item in items.items():
+        findings = set(nih.at[f"{image_id}.png", "Finding Labels"].split("|"))
+        values = dict(zip(VINDR_CXR.classes, item["labels"].tolist(), strict=True))
+        assert values["Cardiomegaly"] == float("Cardiomegaly" in findings)
+        assert values["No finding"] == float(findings == {"No Finding"})
+        assert values["Nodule/Mass"] == float(bool(findings & {"Nodule", "Mass"}))

@@ -1,0 +1,86 @@
+"""The rehearsal's VinDr-CXR stand-in: held-out embedded NIH images in VinDr-CXR's release layout.
+
+The real recipe pretrains on public sets before MIMIC (team B: NIH + CheXpert + VinDr + BRAX), and VinDr
+is the one of them whose files differ most from MIMIC's: DICOM images in detector units, MONOCHROME1
+images (bone dark in the stored values), three radiologists per training image. This tree has that
+layout (`annotations/image_labels_train.csv` with image_id, rad_id and the 28 label columns,
+`train/<image_id>.dicom`), so `cxrlt shard vindr-cxr` runs on it as on the release:
+- pixels: the real 8-bit NIH image scaled to 12-bit detector values (0-4000), stored as 16-bit
+  MONOCHROME2, or inverted as MONOCHROME1 for every other image, with a window over the whole range;
+- labels: the image's NIH labels on VinDr's names where the meaning agrees (Mass and Nodule both
+  "Nodule/Mass"; Hernia has no VinDr column), "No finding" for NIH's No Finding, every other column 0 as
+  VinDr marks what a reader did not see. The three readers (invented ids R1-R3) agree: a structural
+  rehearsal of the merge, not of reader disagreement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cxrlt.data.rehearsal_files import write_csv
+from cxrlt.labels import VINDR_CXR
+
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+READERS = ("R1", "R2", "R3")
+DETECTOR_MAX = 4000  # 12-bit values, as VinDr's detectors store them
+# NIH names whose VinDr column differs in spelling; the others are spelled alike.
+_NIH_TO_VINDR = {
+    "Effusion": "Pleural effusion",
+    "Fibrosis": "Pulmonary fibrosis",
+    "Pleural_Thickening": "Pleural thickening",
+    "Mass": "Nodule/Mass",
+    "Nodule": "Nodule/Mass",
+    "No Finding": "No finding",
+}
+
+
+def vindr_row(nih_labels: str) -> dict[str, int]:
+    """VinDr's 28 columns (0/1) for an image with NIH's `Finding Labels` text ("A|B" or "No Finding")."""
+    row = dict.fromkeys(VINDR_CXR.classes, 0)
+    for name in nih_labels.split("|"):
+        column = _NIH_TO_VINDR.get(name, name)
+        if column in row:
+            row[column] = 1
+    return row
+
+
+def write_dicom(gray: np.ndarray, path: Path, monochrome1: bool) -> None:
+    """An 8-bit grey image as a DX DICOM file of 12-bit detector values (see the module docstring)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    values = np.round(gray.astype(np.float64) * (DETECTOR_MAX / 255.0)).astype(np.uint16)
+    if monochrome1:
+        values = DETECTOR_MAX - values
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = DX_STORAGE, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = DETECTOR_MAX / 2, DETECTOR_MAX
+    ds.PixelData = values.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_vindr_tree(root: Path, frame: pd.DataFrame, rows: list[int], images: Path) -> None:
+    """`root/annotations/image_labels_train.csv` and `root/train/*.dicom` for starter rows `rows`."""
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, row in enumerate(rows):
+        image_id = Path(frame.at[row, "Image Index"]).stem
+        with Image.open(images / frame.at[row, "Image Index"]) as image:
+            write_dicom(np.asarray(image.convert("L")), root / "train" / f"{image_id}.dicom", monochrome1=k % 2 == 1)
+        labels = vindr_row(frame.at[row, "Finding Labels"])
+        records += [{"image_id": image_id, "rad_id": reader, **labels} for reader in READERS]
+    write_csv(pd.DataFrame(records), root / "annotations" / "image_labels_train.csv")
