@@ -300,8 +300,9 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
     frame = pd.read_csv(starter_folder() / "labels.csv", dtype=str, keep_default_na=False)
     seeded = lambda k: np.random.default_rng([options.seed, k])  # noqa: E731 - one stream per concern
     order = seeded(0).permutation(len(frame))[: options.images].tolist()
-    external, vindr = order[: options.external], order[options.external : options.external + options.vindr]
-    rows = order[options.external + options.vindr :]
+    held_nih, held_vindr = options.external or 0, options.vindr or 0  # resolved: never None here
+    external, vindr = order[:held_nih], order[held_nih : held_nih + held_vindr]
+    rows = order[held_nih + held_vindr :]
     studies = plan_studies(frame, rows, seeded(1))
     pairer, variants = ReportPairer(reports, seeded(2)), seeded(3)
     for study in studies:

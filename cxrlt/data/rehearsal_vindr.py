@@ -51,13 +51,13 @@ def vindr_row(nih_labels: str) -> dict[str, int]:
 def write_dicom(gray: np.ndarray, path: Path, monochrome1: bool) -> None:
     """An 8-bit grey image as a DX DICOM file of 12-bit detector values (see the module docstring)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     values = np.round(gray.astype(np.float64) * (DETECTOR_MAX / 255.0)).astype(np.uint16)
     if monochrome1:
         values = DETECTOR_MAX - values
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_STORAGE
+    meta.MediaStorageSOPClassUID = UID(DX_STORAGE)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
