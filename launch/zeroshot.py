@@ -1,5 +1,6 @@
-"""`cxrlt zeroshot mine|adapt`: few-shot examples of unseen classes from report text, and the query
-adaptation that uses them. Zero-shot scoring itself is `cxrlt predict --classes ... --descriptions ...`."""
+"""`cxrlt zeroshot mine|weak-labels|adapt`: few-shot examples of unseen classes from report text, weak
+labels of them for every image of a shard split (trained with `data.weak_labels`), and the query adaptation
+that uses the examples. Zero-shot scoring itself is `cxrlt predict --classes ... --descriptions ...`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overrides(mine)
     mine.add_argument("--out", required=True, type=Path, help="examples CSV")
     mine.set_defaults(run=run_mine)
+    weak = actions.add_parser(
+        "weak-labels",
+        help="label every image of a shard split from its study's report by keyword rules; write a weak-label CSV",
+        description="One row per image: dicom_id, study_id, split, then per rule class 1 (affirmed mention), "
+        "0 (negated or not mentioned), -1 (only hedged mentions) or blank (no report text). "
+        "`cxrlt train --set data.weak_labels=CSV` trains those classes from it.",
+    )
+    weak.add_argument("--shards", required=True, type=Path, help="shard set whose samples get labels")
+    weak.add_argument("--split", action="append", help="shard split to label; repeat for several (default: train)")
+    weak.add_argument(
+        "--reports",
+        type=Path,
+        help="MIMIC-CXR report tree (files/pNN/pSUBJECT/sSTUDY.txt); default: the report text the shards carry",
+    )
+    weak.add_argument("--rules", required=True, type=Path, help="mining config TOML ([rules.<class>] terms)")
+    add_overrides(weak)
+    weak.add_argument("--out", required=True, type=Path, help="weak-label CSV")
+    weak.set_defaults(run=run_weak_labels)
     adapt = actions.add_parser(
         "adapt",
         help="fit the query embeddings of the examples' classes (backbone and decoder frozen)",
@@ -66,6 +85,25 @@ def run_mine(args: argparse.Namespace) -> int:
         labels = [e.label for e in examples if e.class_name == name]
         print(f"{name}: {sum(labels)} positive and {labels.count(0)} negative image rows")
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_weak_labels(args: argparse.Namespace) -> int:
+    from cxrlt.config import load_config
+    from cxrlt.data.mining import MiningConfig
+    from cxrlt.data.weak_labels import mine_split, write_weak_labels
+
+    cfg = load_config(MiningConfig, args.rules, args.overrides)
+    table = mine_split(args.shards, args.split or ["train"], cfg, args.reports)
+    write_weak_labels(table, args.out)
+    for j, name in enumerate(table.classes):
+        column = table.labels[:, j]
+        print(
+            f"{name}: {int((column == 1).sum())} positive, {int((column == 0).sum())} negative, "
+            f"{int(table.uncertain[:, j].sum())} uncertain, {int(((column < 0) & ~table.uncertain[:, j]).sum())} "
+            "without report text (images)"
+        )
+    print(f"wrote {args.out}: {len(table.image_ids)} images")
     return 0
 
 

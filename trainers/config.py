@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cxrlt.data.multisource import UNION, Source, primary_share, valid_schema_choice
 from cxrlt.data.transforms import TransformConfig
 from cxrlt.errors import InputError
+from cxrlt.labels import SCHEMAS
 from cxrlt.models.backbones import size_multiple
 from cxrlt.models.ema import EmaConfig
 from cxrlt.models.factory import ModelConfig
@@ -71,9 +73,18 @@ class DataConfig:
     level, at most model.study.max_views); training draws a random subset of a larger study each time,
     validation scores it in view chunks (cxrlt.data.decoding). max_bad_fraction: training skips damaged
     samples (truncated tar, broken json, undecodable image) and fails once they pass this fraction of
-    the samples a rank's reader read in an epoch (0: fail on the first); validation never skips."""
+    the samples a rank's reader read in an epoch (0: fail on the first); validation never skips.
+
+    Multi-source training (cxrlt.data.multisource): `sources` are extra labelled shard sets, tables
+    `{shards, ratio, split = "train"}`, each drawn at `ratio` of the training samples; `shards` (the
+    primary, whose dev split validates the run) keeps 1 - sum(ratios). `schema`: the run's classes, ""
+    the primary's, "union" every set's (CXR-LT 2024 spelling, the primary's first), or a registered
+    schema name; each sample's labels are mapped onto them by name, a class its set lacks unknown (-1).
+    Without steps_per_epoch an epoch is one expected pass over the primary's train split at its share."""
 
     shards: Path | None = None
+    sources: list[Source] = field(default_factory=list)
+    schema: str = ""
     train_split: str = "train"
     dev_split: str = "dev"
     synthetic: Path | None = None
@@ -87,6 +98,10 @@ class DataConfig:
     max_views: int = 4
     max_bad_fraction: float = 0.01
     unknown_classes: list[str] = field(default_factory=list)
+    # A weak-label CSV (`cxrlt zeroshot weak-labels`, cxrlt.data.weak_labels): its classes (the header's,
+    # none of the run's) are appended to the run's and trained from the table's labels (trainers.pseudo);
+    # its dev-split rows, if any, are scored in validation (elsewhere those classes are unknown there).
+    weak_labels: Path | None = None
     transform: TransformConfig = field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
@@ -99,6 +114,10 @@ class DataConfig:
             raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio!r}")
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
             raise ValueError(f"repeat_threshold must be in (0, 1], got {self.repeat_threshold!r}")
+        if not valid_schema_choice(self.schema):
+            known = ", ".join(SCHEMAS)
+            raise ValueError(f"schema must be '', {UNION!r} or a registered schema ({known}), got {self.schema!r}")
+        primary_share(self.sources)
 
     @property
     def shard_dir(self) -> Path:

@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 from cxrlt.atomic import write_text_atomic
+from cxrlt.data.multisource import TrainingCounts, open_training_sets
 from cxrlt.data.readers import EvalReader, ReaderConfig, TrainReader, make_loader
 from cxrlt.data.shardset import ShardIndex
 from cxrlt.errors import InputError
-from cxrlt.labels import frequency_groups
 from cxrlt.metrics import Evaluation, evaluate
 from cxrlt.models.ema import create_ema
 from cxrlt.models.losses import LossConfig, build_loss
@@ -45,7 +45,7 @@ from trainers.contrastive import ContrastiveCriterion, report_kwargs
 from trainers.engine import build_engine, trainer_clips, use_bf16
 from trainers.inference import SplitOutputs, image_rows, predict_split
 from trainers.modelinit import build_member_model
-from trainers.pseudo import PseudoLabels
+from trainers.pseudo import LabelOverlay, PseudoLabels, member_schema, weak_label_overlay
 from trainers.reports import plot_history, write_per_class
 
 RESULT = "result.json"
@@ -121,10 +121,15 @@ def improved(score: float, best: float | None, monitor: str, min_delta: float) -
     return score < best - min_delta if monitor == "loss" else score > best + min_delta
 
 
-def build_criterion(loss: LossConfig, index: ShardIndex, split: str) -> torch.nn.Module:
+def build_criterion(
+    loss: LossConfig, index: ShardIndex, split: str, counts: TrainingCounts | None = None
+) -> torch.nn.Module:
     """The configured loss, weighted by `split`'s positive counts (None for a class the split never
-    annotates, so it neither gets nor distorts a frequency weight)."""
-    return build_loss(loss, index.positive_counts(split), index.splits[split])
+    annotates, so it neither gets nor distorts a frequency weight), or by a run's `counts` over all its
+    training sets in its schema (cxrlt.data.multisource.training_counts: the same for one set)."""
+    if counts is None:
+        return build_loss(loss, index.positive_counts(split), index.splits[split])
+    return build_loss(loss, counts.positives, counts.total)
 
 
 def train_step(
@@ -133,7 +138,7 @@ def train_step(
     batch: dict[str, Any],
     level: str,
     device: torch.device,
-    pseudo: PseudoLabels | None = None,
+    overlays: Sequence[LabelOverlay] = (),
     held_out: Sequence[int] = (),
     clip: float = 0.0,
     reports: bool = False,
@@ -146,8 +151,8 @@ def train_step(
     if reports:
         inputs.kwargs.update(report_kwargs(batch))
     targets = batch["labels"].to(device, non_blocking=True)
-    if pseudo is not None:
-        targets = pseudo.fill(batch["id"], targets)
+    for overlay in overlays:  # weak labels widen the targets to the member's classes, then the teacher fills
+        targets = overlay.fill(batch["id"], targets)
     targets[:, list(held_out)] = -1.0
     boundary = engine.is_gradient_accumulation_boundary()
     loss = criterion(engine(*inputs.args, **inputs.kwargs), targets)
@@ -174,9 +179,18 @@ def train_member(
 ) -> MemberResult:
     """Train one member into `run_dir`; returns its result (on every rank)."""
     level = cfg.level
-    classes = list(index.classes)
-    train_counts = index.split_class_counts.get(cfg.data.train_split, {})
-    train_total = index.splits[cfg.data.train_split]
+    # The run's classes and training counts over every labelled set (one without data.sources).
+    training = open_training_sets(cfg.data.shard_dir, cfg.data.train_split, cfg.data.sources, cfg.data.schema)
+    schema = training.schema
+    classes = list(schema.classes)
+    counts = training.counts()
+    # Weak-label classes follow the schema's; their counts come from the table (trainers.pseudo).
+    weak = None
+    if cfg.data.weak_labels is not None:
+        weak = weak_label_overlay(cfg.data.weak_labels, classes, level, cfg.data.train_split)
+        classes += weak.classes
+        counts = weak.extend(counts)
+    schema_name = schema.name if weak is None else member_schema(schema.name, classes)
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     model = build_member_model(cfg, classes).to(ctx.device)
@@ -188,7 +202,7 @@ def train_member(
             raise InputError("stage.name = 'contrastive' needs model.kind = 'contrastive'")
         criterion: torch.nn.Module = ContrastiveCriterion(cfg.model.contrastive.loss)
     else:
-        criterion = build_criterion(cfg.loss, index, cfg.data.train_split).to(ctx.device)
+        criterion = build_criterion(cfg.loss, index, cfg.data.train_split, counts).to(ctx.device)
 
     reader_cfg = ReaderConfig(
         level=level,
@@ -209,6 +223,8 @@ def train_member(
         reader_cfg,
         synthetic=cfg.data.synthetic,
         unlabelled=cfg.student.unlabelled if pseudo is not None else None,
+        sources=cfg.data.sources,
+        schema=schema,
     )
     accum = cfg.optim.grad_accum
     # An epoch ends on an optimizer step: round the micro-steps up to a multiple of grad_accum.
@@ -229,8 +245,9 @@ def train_member(
             seed=cfg.run.seed,
             transform=cfg.data.transform,
         ),
+        schema=schema,
     )
-    groups = frequency_groups(train_counts, train_total)
+    groups = counts.groups
     held_out = [classes.index(c) for c in cfg.data.unknown_classes]
     transform_meta = {k: getattr(cfg.data.transform, k) for k in ("size", "channels", "mean", "std")}
 
@@ -259,7 +276,7 @@ def train_member(
                 engine.module,
                 cfg.model,
                 classes,
-                index.schema,
+                schema_name,
                 transform_meta,
                 ema_model=ema.module if ema is not None else None,
                 metrics=metrics,
@@ -291,7 +308,15 @@ def train_member(
         )
         for batch in batches:
             loss, boundary = train_step(
-                engine, criterion, batch, level, ctx.device, pseudo, held_out, clip, reports=contrastive
+                engine,
+                criterion,
+                batch,
+                level,
+                ctx.device,
+                [o for o in (weak, pseudo) if o is not None],
+                held_out,
+                clip,
+                reports=contrastive,
             )
             running_loss += loss
             running_count += 1
@@ -326,6 +351,11 @@ def train_member(
                 torch.tensor(pseudo.take_fill_rate(), dtype=torch.float64, device=ctx.device)
             )
             filled = {"train_pseudo_filled": float(rate)}
+        if weak is not None:
+            rate = distributed.mean_over_ranks(
+                torch.tensor(weak.take_fill_rate(), dtype=torch.float64, device=ctx.device)
+            )
+            filled["train_weak_filled"] = float(rate)
 
         outputs = predict_split(
             engine.module if ema is None else ema.module,
@@ -338,6 +368,8 @@ def train_member(
         if ctx.is_main:
             if outputs is None:  # predict_split gathers every rank's share on rank 0
                 raise RuntimeError("validation gathered no outputs on the main rank")
+            if weak is not None:  # dev rows of the weak-label table (if any) are scored, the rest unknown
+                outputs.labels = weak.apply(outputs.ids, outputs.labels)
             outputs.labels[:, held_out] = -1.0
             decision = _validate(cfg, state, outputs, classes, groups)
         metrics, is_best, stop_early = distributed.broadcast_from_main(decision)
@@ -346,14 +378,13 @@ def train_member(
         state.history.append({"epoch": state.epoch, "step": state.global_step, **metrics, **filled})
         tracker_run.log_metrics({f"dev/{k}": v for k, v in metrics.items() if math.isfinite(v)}, state.global_step)
         if filled:
-            tracker_run.log_metrics({"train/pseudo_filled": filled["train_pseudo_filled"]}, state.global_step)
+            rates = {"train/" + k.removeprefix("train_"): v for k, v in filled.items()}
+            tracker_run.log_metrics(rates, state.global_step)
         if is_best:
             state.best_score, state.best_epoch, state.bad_epochs = metrics[cfg.schedule.monitor], state.epoch, 0
             save_models("best.pt", metrics)
             if ctx.is_main and outputs is not None:  # never None on the main rank (checked above)
-                _write_dev_outputs(
-                    run_dir, outputs, classes, index.schema, cfg, config_hash, tracker_run.run_id, groups
-                )
+                _write_dev_outputs(run_dir, outputs, classes, schema_name, cfg, config_hash, tracker_run.run_id, groups)
         else:
             state.bad_epochs += 1
         state.finished = stop_early or state.epoch >= cfg.schedule.epochs

@@ -5,9 +5,11 @@ augmentation, rank 0 gathers everything in split order and writes the table and 
 atomically. A study model reads study batches and its prediction is written for every image of the
 study (the prediction-file contract is one row per image); a study with more views than the model's
 slots is scored in view chunks whose probabilities are averaged (trainers.inference). A fixed-class
-model's classes must be the shards' classes: a different schema would put its outputs under names of
-findings it never learned. A text-query model may score other names (`--classes`, `--descriptions`, see
-trainers.zeroshot): unseen names have no labels in the shards, which does not matter for scoring.
+model's classes must include the shards' classes: a different schema would put its outputs under names
+of findings it never learned (a weak-label member adds the classes it learned from report-mined labels;
+`--classes` keeps any of its classes' columns). A text-query model may score other names (`--classes`,
+`--descriptions`, see trainers.zeroshot): unseen names have no labels in the shards, which does not
+matter for scoring.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ def check_request(request: PredictRequest) -> tuple[SavedModel, ScoredClasses, T
     if request.split not in index.splits:
         raise InputError(f"--split {request.split!r}: {request.shards} has splits {sorted(index.splits)}")
     scored = scored_classes(saved, request.classes, request.descriptions)
-    if tuple(index.classes) != saved.classes and not saved.model_config.open_vocabulary:
+    if not set(index.classes) <= set(saved.classes) and not saved.model_config.open_vocabulary:
         raise InputError(
             f"{request.model} predicts {len(saved.classes)} classes of schema {saved.schema!r}; "
-            f"{request.shards} is schema {index.schema!r} with {len(index.classes)} classes: they must match"
+            f"{request.shards} is schema {index.schema!r} with {len(index.classes)} classes: the model must "
+            "have every class of the shards"
         )
     slots = saved.model_config.study.max_views
     if saved.model_config.level == "study" and not 1 <= request.max_views <= slots:
@@ -59,7 +62,7 @@ def predict(request: PredictRequest) -> Path | None:
     """Write the prediction file; returns its path on rank 0 (None on other ranks)."""
     saved, scored, tta = check_request(request)
     ctx = distributed.init()
-    model = saved.build(request.use_ema, scored.names, scored.descriptions).to(ctx.device)
+    model = saved.build(request.use_ema, scored.built, scored.descriptions).to(ctx.device)
     level = saved.model_config.level
     transform = TransformConfig(**{k: saved.transform[k] for k in ("size", "channels", "mean", "std")})
     reader = EvalReader(
@@ -101,7 +104,7 @@ def predict(request: PredictRequest) -> Path | None:
         tta=tta.describe(),
         extra={"level": level, "size": transform.size, "use_ema": request.use_ema and saved.ema_state_dict is not None},
     )
-    return write_predictions(request.out, image_ids, study_ids, outputs.probs[rows], meta)
+    return write_predictions(request.out, image_ids, study_ids, outputs.probs[rows][:, scored.columns], meta)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 
 from cxrlt.atomic import atomic_path
 from cxrlt.config import config_hash, flatten, to_dict, write_config
+from cxrlt.data.multisource import open_training_sets
 from cxrlt.data.readers import EvalReader, ReaderConfig, make_loader
 from cxrlt.data.shardset import ShardIndex, index_path, read_index
 from cxrlt.errors import InputError
@@ -34,7 +35,7 @@ from trainers import distributed
 from trainers.config import TrainConfig
 from trainers.inference import predict_split
 from trainers.loop import PREEMPTED, EpochCallback, MemberResult, StopWatch, load_result, train_member
-from trainers.pseudo import PseudoLabels, load_pseudo_labels
+from trainers.pseudo import PseudoLabels, load_pseudo_labels, weak_label_overlay
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
@@ -71,9 +72,21 @@ def check_inputs(cfg: TrainConfig) -> ShardIndex:
             f"stage.name = 'contrastive': {cfg.data.shards} holds no report text; shard a source with reports "
             "(cxrlt shard mimic ... --reports <MIMIC-CXR reports>)"
         )
-    unknown = [c for c in cfg.data.unknown_classes if c not in index.classes]
+    if (cfg.data.sources or cfg.data.schema) and cfg.stage.name not in ("image", "study"):
+        raise InputError(
+            f"data.sources / data.schema: the {cfg.stage.name} stage reads data.shards alone, in its own classes "
+            "(multi-source training is for the image and study stages)"
+        )
+    # Every source readable, non-empty and sharing classes with the run's schema (cxrlt.data.multisource).
+    schema = open_training_sets(cfg.data.shards, cfg.data.train_split, cfg.data.sources, cfg.data.schema).schema
+    unknown = [c for c in cfg.data.unknown_classes if c not in schema.classes]
     if unknown:
-        raise InputError(f"data.unknown_classes: {unknown} are not classes of {cfg.data.shards} ({index.schema})")
+        raise InputError(f"data.unknown_classes: {unknown} are not classes of the run's schema {schema.name!r}")
+    if cfg.data.weak_labels is not None:
+        if cfg.stage.name == "contrastive":
+            raise InputError("data.weak_labels: the contrastive stage has no class outputs to train on labels")
+        # Readable, adding only new classes, with rows in the training split (trainers.pseudo).
+        weak_label_overlay(cfg.data.weak_labels, schema.classes, cfg.level, cfg.data.train_split)
     for key, extra in (("data.synthetic", cfg.data.synthetic), ("student.unlabelled", cfg.student.unlabelled)):
         if extra is not None and not index_path(extra).is_file():
             raise InputError(f"{key} = {extra}: no shard set there (no _index.json)")
@@ -113,6 +126,11 @@ def training_hash(cfg: TrainConfig) -> str:
     # On the plain dict: "." is no valid out_dir for a config, but it is the neutral value the hash has always used.
     data = to_dict(cfg)
     data["run"].update(out_dir=".", tracking_uri="", parent_run_id="", name="")
+    # Keys added after runs existed hash as before while they hold their defaults (None values never
+    # reach the dict), so upgrading cxrlt never refuses to resume a run it would train the same way.
+    for key, default in (("sources", []), ("schema", "")):
+        if data["data"].get(key) == default:
+            del data["data"][key]
     return config_hash(data)
 
 
@@ -126,6 +144,13 @@ def lineage_tags(cfg: TrainConfig, index_file: Path) -> dict[str, str]:
         "shards": str(cfg.data.shards),
         "shard_index_sha256": hashlib.sha256(index_file.read_bytes()).hexdigest()[:16],
     }
+    if cfg.data.sources:  # the extra training sets, each with its ratio and index fingerprint
+        tags["sources"] = "; ".join(
+            f"{s.shards} (ratio {s.ratio}, split {s.split}, index sha256 "
+            f"{hashlib.sha256(index_path(s.shards).read_bytes()).hexdigest()[:16]})"
+            for s in cfg.data.sources
+        )
+        tags["schema"] = cfg.data.schema or "primary"
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
     )

@@ -192,11 +192,14 @@ def _merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
 def absolute_paths(cfg: Any, root: Path) -> Any:
     """`cfg` with every relative Path field made absolute against `root`: trials run in other processes
     and on other nodes, whose working directory is not the one the user typed the paths in."""
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, Path) and not value.is_absolute():
             changes[f.name] = root / value
         elif dataclasses.is_dataclass(value):
             changes[f.name] = absolute_paths(value, root)
+        elif isinstance(value, list) and any(dataclasses.is_dataclass(v) for v in value):
+            # Tables in a list (data.sources) hold paths too.
+            changes[f.name] = [absolute_paths(v, root) if dataclasses.is_dataclass(v) else v for v in value]
     return dataclasses.replace(cfg, **changes)

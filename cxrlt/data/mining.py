@@ -1,16 +1,26 @@
-"""Keyword rules that mine a few labelled examples of a class from report text (few-shot mode).
+"""Keyword rules that label report text for a class: few labelled examples, or weak labels for every report.
 
 A rule lists the phrases that state a finding (`terms`) and phrases that veto a sentence (`exclude`,
-e.g. "hilar" is not "hilum enlarged" when the sentence says "calcified hilar nodes"). A report is a
-positive when one of its sentences, in the configured sections, holds a term that no negation cue
-("no", "without", "negative for", ...) precedes within `negation_window` words (NegEx-like, the
-common convention for report labelers); a report with no affirmed mention is a negative. A few of
-each are drawn with a fixed seed, and every image of a drawn report becomes one example row:
+e.g. "hilar" is not "hilum enlarged" when the sentence says "calcified hilar nodes"). Each mention of a
+term, in a sentence of the configured sections, is read NegEx-like (the common convention for report
+labelers, CheXpert's among them): uncertain when a hedging cue ("possible", "cannot exclude", ...)
+precedes it within `negation_window` words or a post-cue ("... cannot be excluded") follows it; else
+negated when a negation cue ("no", "without", "negative for", ...) precedes it or a post-cue ("... is
+not seen") follows it; else affirmed. A report's label for the class (`classify`) is then
+
+    1   (positive)   an affirmed mention anywhere;
+    -1  (uncertain)  no affirmed mention but a hedged one: unknown, neither positive nor negative;
+    0   (negative)   only negated mentions, or none at all: a report that describes the chest and does
+                     not state the finding is read as its absence, as the CXR-LT labels themselves are.
+
+Few-shot mode (`mine_examples`) draws a few positive and negative reports per class with a fixed seed
+(uncertain ones are never drawn), and every image of a drawn report becomes one example row:
 
     class, label (1 / 0), report_id, image_id, evidence (the sentence that fired, for positives)
 
-`MiningConfig` is a TOML file (see configs/fewshot-iu-task3.toml) loaded with cxrlt.config, so a
-misspelt key is an error naming it.
+Weak-label mode labels every report; cxrlt.data.weak_labels turns that into a per-image table.
+`MiningConfig` is a TOML file (see configs/fewshot-iu-task3.toml, configs/fewshot-mimic-task3.toml)
+loaded with cxrlt.config, so a misspelt key is an error naming it.
 """
 
 from __future__ import annotations
@@ -47,6 +57,50 @@ class MiningConfig:
     negation_cues: list[str] = field(
         default_factory=lambda: ["no", "not", "without", "negative for", "free of", "resolved", "rule out", "ruled out"]
     )
+    negation_post_cues: list[str] = field(
+        default_factory=lambda: [
+            "is not seen",
+            "are not seen",
+            "is not identified",
+            "are not identified",
+            "is absent",
+            "are absent",
+            "has resolved",
+            "have resolved",
+        ]
+    )
+    uncertainty_cues: list[str] = field(
+        default_factory=lambda: [
+            "possible",
+            "possibly",
+            "probable",
+            "question of",
+            "questionable",
+            "suspicious for",
+            "concerning for",
+            "suspected",
+            "cannot exclude",
+            "can not exclude",
+            "could be",
+            "may be",
+            "may represent",
+            "suggestive of",
+            "equivocal",
+            "borderline",
+        ]
+    )
+    uncertainty_post_cues: list[str] = field(
+        default_factory=lambda: [
+            "cannot be excluded",
+            "can not be excluded",
+            "not excluded",
+            "is questioned",
+            "is suspected",
+            "is possible",
+            "is not ruled out",
+            "not ruled out",
+        ]
+    )
     negation_window: int = 5
     max_positives: int = 10
     max_negatives: int = 40
@@ -79,29 +133,71 @@ def _find(words: list[str], phrase: list[str]) -> list[int]:
     return [i for i in range(len(words) - n + 1) if words[i : i + n] == phrase]
 
 
-def _negated(words: list[str], start: int, cues: Sequence[list[str]], window: int) -> bool:
-    before = words[max(0, start - window) : start]
-    return any(_find(before, cue) for cue in cues)
+def _cued(
+    words: list[str], start: int, length: int, before: Sequence[list[str]], after: Sequence[list[str]], window: int
+) -> bool:
+    """Whether a cue of `before` lies within the `window` words before the mention at `start` (of
+    `length` words), or a cue of `after` starts within the `window` words after it."""
+    preceding, following = words[max(0, start - window) : start], words[start + length :]
+    return any(_find(preceding, cue) for cue in before) or any(
+        any(at < window for at in _find(following, cue)) for cue in after
+    )
 
 
-def affirmed_sentence(report: Report, rule: KeywordRule, cfg: MiningConfig) -> str | None:
-    """The first sentence of the configured sections that affirms the rule's finding, or None."""
-    cues = [_words(c) for c in cfg.negation_cues]
+POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A report's label for one class: POSITIVE, NEGATIVE or UNCERTAIN, with the sentence that decided
+    it (the affirmed, else the hedged mention; empty for a negative)."""
+
+    label: int
+    sentence: str = ""
+
+
+class _Cues:
+    """A config's cue phrases as word lists, split once per classification."""
+
+    def __init__(self, cfg: MiningConfig) -> None:
+        def split(phrases: Sequence[str]) -> list[list[str]]:
+            return [w for w in (_words(p) for p in phrases) if w]
+
+        self.negation, self.negation_post = split(cfg.negation_cues), split(cfg.negation_post_cues)
+        self.uncertainty, self.uncertainty_post = split(cfg.uncertainty_cues), split(cfg.uncertainty_post_cues)
+        self.window = cfg.negation_window
+
+
+def classify(report: Report, rule: KeywordRule, cfg: MiningConfig) -> Mention:
+    """The report's label for the rule's finding (module docstring): the first affirmed mention wins;
+    hedging is read before negation, so "cannot exclude" is uncertain although it holds "not"."""
+    cues = _Cues(cfg)
     terms = [w for w in (_words(t) for t in rule.terms) if w]
     excludes = [w for w in (_words(t) for t in rule.exclude) if w]
+    hedged = ""
     for section in cfg.sections:
         for sentence in _SENTENCE_END.split(report.sections.get(section.upper(), "")):
             words = _words(sentence)
             if any(_find(words, e) for e in excludes):
                 continue
             for term in terms:
-                if any(not _negated(words, start, cues, cfg.negation_window) for start in _find(words, term)):
-                    return sentence.strip()
-    return None
+                for start in _find(words, term):
+                    if _cued(words, start, len(term), cues.uncertainty, cues.uncertainty_post, cues.window):
+                        hedged = hedged or sentence.strip()
+                    elif not _cued(words, start, len(term), cues.negation, cues.negation_post, cues.window):
+                        return Mention(POSITIVE, sentence.strip())
+    return Mention(UNCERTAIN, hedged) if hedged else Mention(NEGATIVE)
+
+
+def affirmed_sentence(report: Report, rule: KeywordRule, cfg: MiningConfig) -> str | None:
+    """The first sentence of the configured sections that affirms the rule's finding, or None."""
+    mention = classify(report, rule, cfg)
+    return mention.sentence if mention.label == POSITIVE else None
 
 
 def mine_examples(reports: Sequence[Report], cfg: MiningConfig) -> list[Example]:
-    """Up to max_positives positive and max_negatives negative reports per rule, one row per image."""
+    """Up to max_positives positive and max_negatives negative reports per rule (uncertain reports are
+    neither), one row per image."""
     if not cfg.rules:
         raise InputError("mining config has no [rules.<class>] table")
     examples: list[Example] = []
@@ -111,11 +207,11 @@ def mine_examples(reports: Sequence[Report], cfg: MiningConfig) -> list[Example]
         for report in reports:
             if not report.image_ids:
                 continue  # a report without images gives no training example
-            sentence = affirmed_sentence(report, rule, cfg)
-            if sentence is None:
+            mention = classify(report, rule, cfg)
+            if mention.label == POSITIVE:
+                positives.append((report, mention.sentence))
+            elif mention.label == NEGATIVE:
                 negatives.append(report)
-            else:
-                positives.append((report, sentence))
         rng = random.Random(f"{cfg.seed}:{name}")
         for report, sentence in rng.sample(positives, min(cfg.max_positives, len(positives))):
             examples += [Example(name, 1, report.report_id, i, sentence) for i in report.image_ids]

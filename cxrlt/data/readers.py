@@ -7,6 +7,14 @@ cxrlt.data.partition), shuffles through a buffer, optionally repeats tail-class 
 a synthetic and/or an unlabelled shard set, and stops after a fixed number of batches:
 `steps_per_epoch` per rank, divided over the workers, so every rank runs the same count and no
 collective waits on a rank that ran dry.
+
+Several labelled shard sets (multi-source, cxrlt.data.multisource): the primary set and each extra
+`Source` are resampled the same way, each in its own slot share, repeated by the same tail-class
+factors (taken from all sets' pooled frequencies, so each set's ratio holds in the mixed stream), and
+each sample's set is drawn at the configured ratios; the synthetic and unlabelled sets are mixed into
+that stream as before. Every set's labels are mapped onto the run's schema as the tar is read (a
+class the set lacks is -1), so repeat factors, batches and skipped samples all see mapped labels.
+Without `steps_per_epoch` an epoch is one expected pass over the primary's train split at its share.
 Every random choice comes from a seeded generator, so an epoch replays exactly; call `set_epoch`
 before each epoch (with non-persistent DataLoader workers, which pick it up when they start). The
 sample stream (shard draws, repeats, mixing, shuffle) draws from one generator seeded by (seed, epoch,
@@ -46,7 +54,7 @@ import ctypes
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +64,22 @@ import torch.utils.data
 from webdataset.filters import _shuffle
 
 from cxrlt.data.decoding import LOG, DecodeStats, Item, SampleDecoder, collate, parse_meta
+from cxrlt.data.multisource import (
+    Source,
+    TrainingSet,
+    index_schema,
+    label_map,
+    map_labels,
+    primary_share,
+    training_counts,
+)
 from cxrlt.data.partition import Slot, distributed_context, slot_for, worker_context
 from cxrlt.data.samplers import class_repeat_factors, mix, repeat_by_factor
 from cxrlt.data.shardset import ShardEntry, ShardIndex, read_index
 from cxrlt.data.tarstream import tar_samples
 from cxrlt.data.transforms import ImageTransform, TransformConfig
 from cxrlt.errors import InputError
+from cxrlt.labels import Schema
 
 Raw = tuple[dict[str, Any], dict[str, Any], np.ndarray]
 
@@ -91,11 +109,14 @@ class ReaderConfig:
 
 
 class ShardSplit:
-    """The shards of one split of a shard set, with each shard's first position in the split."""
+    """The shards of one split of a shard set, with each shard's first position in the split. With a
+    `schema` (the run's), samples' labels are read mapped onto its classes (cxrlt.data.multisource)."""
 
-    def __init__(self, directory: str | Path, split: str) -> None:
+    def __init__(self, directory: str | Path, split: str, schema: Schema | None = None) -> None:
         self.directory = Path(directory)
+        self.split = split
         self.index: ShardIndex = read_index(directory)
+        self.mapping = None if schema is None else label_map(self.index, schema)
         self.entries: list[ShardEntry] = self.index.shards_for(split)
         self.offsets = np.concatenate([[0], np.cumsum([e.num_samples for e in self.entries])]).astype(np.int64)
         self.num_samples = int(self.offsets[-1])
@@ -136,6 +157,13 @@ class ShardSplit:
                 if "json" not in raw:
                     raise InputError(f"{url}: sample {raw['__key__']} has no json member (damaged shard)")
                 meta = parse_meta(raw)
+                if self.mapping is not None:
+                    if len(meta["_labels"]) != len(self.index.classes):
+                        raise InputError(
+                            f"{url}: sample {raw['__key__']} has {len(meta['_labels'])} labels, its _index.json "
+                            f"lists {len(self.index.classes)} classes (damaged shard)"
+                        )
+                    meta["_labels"] = meta["labels"] = map_labels(meta["_labels"], self.mapping)
             except InputError as e:
                 if strict:
                     raise
@@ -184,7 +212,11 @@ def _batches(items: Iterator[Item], batch_size: int) -> Iterator[Item]:
 
 
 class TrainReader(torch.utils.data.IterableDataset):
-    """Infinite-source, fixed-length training batches for this rank (see the module docstring)."""
+    """Infinite-source, fixed-length training batches for this rank (see the module docstring).
+
+    `shards` is the primary set (read from `config.split`); `sources` are extra labelled sets, each drawn
+    at its ratio; `schema` is the run's (None: the primary's classes), every set's labels mapped onto it.
+    """
 
     def __init__(
         self,
@@ -194,32 +226,42 @@ class TrainReader(torch.utils.data.IterableDataset):
         unlabelled: str | Path | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        sources: Sequence[Source] = (),
+        schema: Schema | None = None,
     ) -> None:
         self.config = config
         self.rank, self.world_size = distributed_context(rank, world_size)
-        self.real = ShardSplit(shards, config.split)
-        if self.real.num_samples == 0:
-            raise InputError(f"{shards}: split {config.split!r} has no samples")
-        # Extra shard sets mixed into the real stream: synthetic tail images, and unlabelled images
-        # whose labels the noisy student's teacher fills in.
+        self.real = ShardSplit(shards, config.split, schema)
+        self.schema = schema if schema is not None else index_schema(self.real.index)
+        # Labelled sets, the primary first, with the share of training samples each gives.
+        share = primary_share(sources)
+        self.labelled: list[tuple[ShardSplit, float]] = [(self.real, share)]
+        self.labelled += [(ShardSplit(s.shards, s.split, self.schema), s.ratio) for s in sources]
+        for split, _ in self.labelled:
+            if split.num_samples == 0:
+                raise InputError(f"{split.directory}: split {split.split!r} has no samples")
+        # Extra shard sets mixed into the labelled stream: synthetic tail images, and unlabelled images
+        # whose labels the noisy student's teacher fills in. Both are in the primary's classes, so they
+        # are mapped as it is.
         self.mixes: list[tuple[ShardSplit, float]] = []
         for extra, ratio, what in (
             (synthetic, config.synthetic_ratio, "synthesise"),
             (unlabelled, config.unlabelled_ratio, "shard"),
         ):
             if extra is not None and ratio > 0:
-                split = ShardSplit(extra, config.split)
+                split = ShardSplit(extra, config.split, schema)
                 if split.index.classes != self.real.index.classes:
                     raise InputError(f"{extra}: its classes differ from {shards}'s; {what} it with the same schema")
                 self.mixes.append((split, ratio))
+        # round(): 515 / 0.7 / 16 must not become one step more through a last-bit error.
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(
-            self.real.num_samples / (config.batch_size * self.world_size)
+            round(self.real.num_samples / share / (config.batch_size * self.world_size), 9)
         )
         self.factors = None
         if config.repeat_threshold is not None:
-            index = self.real.index
-            counts = index.split_class_counts.get(config.split, {})
-            self.factors = class_repeat_factors(counts, index.classes, self.real.num_samples, config.repeat_threshold)
+            counts = training_counts([TrainingSet(s.index, s.split, r) for s, r in self.labelled], self.schema)
+            classes, threshold = self.schema.classes, config.repeat_threshold
+            self.factors = class_repeat_factors(counts.by_class(classes), classes, counts.total, threshold)
         self.epoch = 0
         self.start = 0
         self.stats = DecodeStats()
@@ -241,9 +283,11 @@ class TrainReader(torch.utils.data.IterableDataset):
         limit = self.config.max_bad_fraction
         if stats.bad_samples == 0 or not (final or stats.samples >= self._planned):
             return
+        # The shard sets holding the damaged shards (several when training reads several sets).
+        where = ", ".join(sorted({str(Path(shard).parent) for shard in stats.bad_by_shard}))
         if stats.bad_samples > limit * stats.samples:
             raise InputError(
-                f"{self.real.directory}: {stats.bad_samples} of {stats.samples} samples read in epoch {self.epoch} "
+                f"{where}: {stats.bad_samples} of {stats.samples} samples read in epoch {self.epoch} "
                 f"(rank {self.rank}, worker {worker}) were damaged and skipped, more than max_bad_fraction={limit}; "
                 f"damaged shards: {stats.describe_shards()}. Rewrite them with `cxrlt shard`, or raise "
                 "data.max_bad_fraction to train on the rest"
@@ -252,7 +296,7 @@ class TrainReader(torch.utils.data.IterableDataset):
             LOG.warning(
                 "%s: skipped %d of %d samples as damaged in epoch %d (rank %d, worker %d; within "
                 "max_bad_fraction=%s): %s",
-                self.real.directory,
+                where,
                 stats.bad_samples,
                 stats.samples,
                 self.epoch,
@@ -294,7 +338,6 @@ class TrainReader(torch.utils.data.IterableDataset):
         _keep_freed_memory()  # in the process that decodes: a DataLoader worker, or this one
         entropy = [c.seed, self.epoch, self.rank, role]
         rng = np.random.default_rng(entropy)
-        slot = slot_for(len(self.real.entries), self.rank, self.world_size, role, num_workers)
         self._planned = (planned - done) * c.batch_size
         self.stats = stats = DecodeStats()  # this slot's epoch (from the resume point)
         skipping = True
@@ -302,12 +345,22 @@ class TrainReader(torch.utils.data.IterableDataset):
         def still_skipping() -> bool:
             return skipping
 
-        stream = self._resampled(self.real, slot, rng, stats, role, still_skipping)
-        if self.factors is not None:
-            stream = repeat_by_factor(stream, lambda sample: sample[2], self.factors, rng)
+        def resampled(split: ShardSplit) -> Iterator[Raw]:
+            slot = slot_for(len(split.entries), self.rank, self.world_size, role, num_workers)
+            return self._resampled(split, slot, rng, stats, role, still_skipping)
+
+        def repeated(split: ShardSplit) -> Iterator[Raw]:
+            stream = resampled(split)
+            if self.factors is not None:  # per set, before mixing: each set's ratio holds after repeats
+                stream = repeat_by_factor(stream, lambda sample: sample[2], self.factors, rng)
+            return stream
+
+        (primary, _), *sources = self.labelled
+        stream = repeated(primary)
+        if sources:
+            stream = mix(stream, [(repeated(split), ratio) for split, ratio in sources], rng)
         for split, ratio in self.mixes:
-            extra_slot = slot_for(len(split.entries), self.rank, self.world_size, role, num_workers)
-            stream = mix(stream, self._resampled(split, extra_slot, rng, stats, role, still_skipping), ratio, rng)
+            stream = mix(stream, [(resampled(split), ratio)], rng)
         stream = _shuffle(stream, bufsize=c.shuffle_buffer, initial=c.shuffle_buffer, seed=int(rng.integers(2**62)))
         decoder = SampleDecoder(ImageTransform(c.transform, train=True), c.level, c.max_views, stats, views="sample")
         skipped = done * c.batch_size
@@ -326,14 +379,20 @@ class TrainReader(torch.utils.data.IterableDataset):
 
 
 class EvalReader(torch.utils.data.IterableDataset):
-    """Every sample of a split exactly once across ranks and workers, each item with its `index`."""
+    """Every sample of a split exactly once across ranks and workers, each item with its `index`; with a
+    `schema` (a multi-source run's), labels mapped onto its classes."""
 
     def __init__(
-        self, shards: str | Path, config: ReaderConfig, rank: int | None = None, world_size: int | None = None
+        self,
+        shards: str | Path,
+        config: ReaderConfig,
+        rank: int | None = None,
+        world_size: int | None = None,
+        schema: Schema | None = None,
     ):
         self.config = config
         self.rank, self.world_size = distributed_context(rank, world_size)
-        self.split = ShardSplit(shards, config.split)
+        self.split = ShardSplit(shards, config.split, schema)
         self.stats = DecodeStats()
 
     def num_samples(self, num_workers: int) -> int:

@@ -27,7 +27,9 @@ from torchvision.ops import sigmoid_focal_loss
 from cxrlt.labels import Schema
 from cxrlt.models.registry import Registry
 
-ClassCounts = Sequence[int | None]
+# Per-class positive counts; float for the effective counts of several pooled shard sets
+# (cxrlt.data.multisource.training_counts), None for a class without one.
+ClassCounts = Sequence[float | None]
 LossBuilder = Callable[["LossConfig", "ClassCounts | None", "int | None"], nn.Module]
 LOSSES: Registry[LossBuilder] = Registry("loss")
 

@@ -106,6 +106,9 @@ def test_a_trial_is_one_member_in_an_absolute_folder_and_multi_rank_trials_use_t
     assert (
         cfg.data.shards == tmp_path / "shards" / "starter-64" and member_dir(cfg) == tmp_path / "runs" / "starter-tiny"
     )
+    source = 'train.data.sources=[{shards = "shards/vindr", ratio = 0.3}]'
+    mixed = load_tune_config(SHIPPED, ["base=" + str(BASE), source])
+    assert absolute_paths(mixed.trial_config({}), tmp_path).data.sources[0].shards == tmp_path / "shards" / "vindr"
     assert member_dir(loaded.trial_config({"resolutions": [32]})).name == "res-32"
     with pytest.raises(InputError, match="one member"):
         member_dir(loaded.trial_config({"resolutions": [32, 64]}))
