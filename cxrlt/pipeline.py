@@ -6,7 +6,8 @@ and the overrides that tie them together; `make_plan` turns it into an ordered l
 is run step by step on this machine (`cxrlt pipeline`, launch/pipeline.py) or rendered as SLURM jobs
 with afterok dependencies (`cxrlt slurm pipeline`), so both run exactly the same commands.
 
-Folder layout under `out_dir`: shards/ (+ shards-study/, shards-unlabelled/), labels/SPLIT.csv, tune/,
+Folder layout under `out_dir`: shards/ (+ shards-study/, shards-unlabelled/, shards-public/NAME/), labels/SPLIT.csv,
+weak-labels/train.csv (report-mined labels of the Task 3 classes), tune/,
 members/NAME/res-SIZE/, synth/, predictions/SPLIT/NAME-SIZE.csv (+ predictions/SPLIT-t3/ for the zero-shot
 classes), ensemble/ (recipe.json, SPLIT.csv), submissions/TASK.zip, report/TASK/ (one comparison per
 submission that has labels).
@@ -47,17 +48,43 @@ class UnlabelledStep:
 
 
 @dataclass
+class PublicSet:
+    """`cxrlt shard SOURCE --out OUT/shards-public/NAME ARGS...`: a public labelled dataset (NIH, CheXpert,
+    VinDr-CXR, BRAX, PadChest) sharded in its own schema, for members that pretrain on public data
+    (Member.public). A set that a member names first validates that member: its args must give it a dev
+    split (e.g. --split 0.9,0.1,0)."""
+
+    name: str
+    source: str
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Submission:
     """One CodaLab submission: `task` (t1: 40 classes, t2: 26, t3: the 5 zero-shot classes) for images
     of the shard split `split`. ids: the challenge's id CSV (dicom_id), default the split's label CSV
     (OUT/labels/SPLIT.csv, every image of the split). labels: a CSV with the task's classes that scores the
     submission in report/TASK/ (default: the split's label CSV when `ids` is not given, else none).
-    t1/t2 take the ensemble applied to the split; t3 the mean of the zero-shot members' scores."""
+    t1/t2 take the ensemble applied to the split; t3 the mean of the Task 3 members' scores (zero-shot
+    members from text, weak-label members from their trained rows)."""
 
     task: Literal["t1", "t2", "t3"]
     split: str = "test"
     ids: Path | None = None
     labels: Path | None = None
+
+
+@dataclass
+class WeakLabelsStep:
+    """`cxrlt zeroshot weak-labels`: every image of the train split labelled for the rules' classes (the
+    Task 3 findings in configs/fewshot-mimic-task3.toml) from its study's report, into
+    OUT/weak-labels/train.csv, which members with weak_labels = true train on. reports: the MIMIC-CXR
+    report tree (files/pNN/pSUBJECT/sSTUDY.txt); None reads the report text the shards carry (sharded
+    with --reports). set: overrides of the mining config."""
+
+    rules: Path
+    reports: Path | None = None
+    set: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -77,7 +104,16 @@ class Member:
     (stage.init_from: the study stage) or labels its unknowns (student.teacher: the noisy student);
     this member then trains after that one. unlabelled: mix [pipeline.unlabelled]'s shards into its
     training (student.unlabelled). zero_shot: a text-query ML-Decoder member (model.head.text_queries)
-    that also scores the Task 3 classes from their names and descriptions."""
+    that also scores the Task 3 classes from their names and descriptions.
+    public: pretrain on these [[pipeline.public]] sets instead of the task's shards, the first set
+    validating (its dev split) and each other one drawn at its `public_ratios` share of the training
+    samples (default: an equal share for every set), on the union of their classes (data.sources,
+    data.schema = "union"). Such a member is the first link of the pretraining chain: it is neither
+    predicted nor ensembled, and later members start from it with init_from = NAME-SIZE (across schemas:
+    the backbone, plus the head rows of shared classes with stage.init_head = "shared"). weak_labels: trains the
+    classes of [pipeline.weak_labels]' table after the shards' (data.weak_labels, weighted by the loss's
+    class weights like any class) and answers Task 3 with those trained rows; it joins the ensemble with
+    the Task 1 classes (the recipe's shard schema), since every ensemble member has one class set."""
 
     name: str
     resolutions: list[int]
@@ -88,10 +124,24 @@ class Member:
     teacher: str = ""
     unlabelled: bool = False
     zero_shot: bool = False
+    weak_labels: bool = False
+    public: list[str] = field(default_factory=list)
+    public_ratios: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.resolutions:
             raise ValueError(f"member {self.name!r}: resolutions must list at least one size")
+        if self.public_ratios and len(self.public_ratios) != len(self.public) - 1:
+            raise ValueError(
+                f"member {self.name!r}: public_ratios gives the shares of the sets after the first "
+                f"({len(self.public) - 1} for public = {self.public}), got {self.public_ratios}"
+            )
+        roles = ("synthetic", "unlabelled", "zero_shot", "weak_labels", "teacher")
+        if self.public and (self.level != "image" or any(getattr(self, r) for r in roles)):
+            raise ValueError(
+                f"member {self.name!r}: a public (pretraining) member is a plain image member; "
+                f"it takes none of level = 'study', {', '.join(roles)}"
+            )
 
 
 @dataclass
@@ -136,6 +186,8 @@ class PipelineConfig:
     tta: str = "hflip"
     shard: ShardStep = field(default_factory=ShardStep)
     unlabelled: UnlabelledStep | None = None
+    public: list[PublicSet] = field(default_factory=list)
+    weak_labels: WeakLabelsStep | None = None
     tune: TuneStep | None = None
     synth: SynthStep | None = None
     ensemble: EnsembleStep = field(default_factory=EnsembleStep)
@@ -152,11 +204,23 @@ class PipelineConfig:
             raise ValueError("a member has level = 'study' but [pipeline.shard] study is false")
         if any(m.unlabelled for m in self.members) and self.unlabelled is None:
             raise ValueError("a member has unlabelled = true but there is no [pipeline.unlabelled] step")
+        sets = [p.name for p in self.public]
+        if len(set(sets)) != len(sets):
+            raise ValueError(f"[[pipeline.public]] names must be unique, got {sets}")
+        for m in self.members:
+            if any(name not in sets for name in m.public):
+                raise ValueError(f"member {m.name!r}: public = {m.public}, but [[pipeline.public]] has {sets}")
+        if all(m.public for m in self.members):
+            raise ValueError("every member pretrains on public sets (public = [...]): none is left to ensemble")
+        if any(m.weak_labels for m in self.members) and self.weak_labels is None:
+            raise ValueError("a member has weak_labels = true but there is no [pipeline.weak_labels] step")
         tasks = [s.task for s in self.submissions]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"submissions: one per task, got {tasks}")
-        if "t3" in tasks and not any(m.zero_shot for m in self.members):
-            raise ValueError("a t3 submission needs a member with zero_shot = true (a text-query member)")
+        if "t3" in tasks and not any(m.zero_shot or m.weak_labels for m in self.members):
+            raise ValueError(
+                "a t3 submission needs a member with zero_shot = true (a text-query member) or weak_labels = true"
+            )
 
 
 @dataclass
@@ -220,6 +284,16 @@ def member_runs(cfg: PipelineConfig) -> list[tuple[str, Member, int]]:
     return [(f"{m.name}-{size}", m, size) for m in cfg.members for size in m.resolutions]
 
 
+def scored_runs(cfg: PipelineConfig) -> list[tuple[str, Member, int]]:
+    """The trained models that predict the task's splits and join the ensemble (all but pretraining ones)."""
+    return [run for run in member_runs(cfg) if not run[1].public]
+
+
+def _ratios_toml(sources: Sequence[tuple[Path, float]]) -> str:
+    """data.sources as the TOML array of tables a --set override takes."""
+    return "[" + ", ".join(f'{{shards = "{path}", ratio = {ratio!r}}}' for path, ratio in sources) + "]"
+
+
 def model_file(cfg: PipelineConfig, member: Member, size: int) -> Path:
     return cfg.out_dir / "members" / member.name / f"res-{size}" / cfg.train.checkpoint
 
@@ -240,6 +314,16 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
     if cfg.unlabelled is not None:
         u = cfg.unlabelled
         plan.add("shard-unlabelled", ["shard", u.source, "--out", unlabelled, *u.args], [unlabelled / "_index.json"])
+    public = {p.name: out / "shards-public" / p.name for p in cfg.public}
+    for p in cfg.public:
+        argv = ["shard", p.source, "--out", public[p.name], *p.args]
+        plan.add(f"shard-public-{p.name}", argv, [public[p.name] / "_index.json"])
+    weak_table = out / "weak-labels" / "train.csv"
+    if cfg.weak_labels is not None:
+        w = cfg.weak_labels
+        reports = ["--reports", w.reports] if w.reports is not None else []
+        argv = ["zeroshot", "weak-labels", "--shards", shards, "--split", "train", *reports, "--rules", w.rules]
+        plan.add("weak-labels", [*argv, *_sets(w.set), "--out", weak_table], [weak_table], [shard])
     splits = list(dict.fromkeys([cfg.dev_split, cfg.test_split, *(s.split for s in cfg.submissions)]))
     labels = {split: out / "labels" / f"{split}.csv" for split in splits}
     for split, path in labels.items():
@@ -273,12 +357,22 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
     def train(member: Member, extra: Sequence[str], after: Sequence[str]) -> str:
         run_dir = out / "members" / member.name
         member_shards, sharded = shard_sets[member.level]
+        if member.public:
+            # The pretraining link of the chain: the public sets, mixed, on the union of their classes.
+            first, *others = member.public
+            ratios = member.public_ratios or [1 / len(member.public)] * len(others)
+            member_shards, sharded = public[first], f"shard-public-{first}"
+            mixed = [(public[name], ratio) for name, ratio in zip(others, ratios, strict=True)]
+            extra = [*extra, "data.schema=union", f"data.sources={_ratios_toml(mixed)}"]
+            after = [*after, *(f"shard-public-{name}" for name in others)]
         init, init_after = source(member, "init_from")
         teacher, teacher_after = source(member, "teacher")
         if member.unlabelled:
             extra, after = [*extra, f"student.unlabelled={unlabelled}"], [*after, "shard-unlabelled"]
         if member.zero_shot:
             extra = [*extra, "model.head.name=ml_decoder", "model.head.text_queries=true"]
+        if member.weak_labels:
+            extra, after = [*extra, f"data.weak_labels={weak_table}"], [*after, "weak-labels"]
         overrides = [
             f"data.shards={member_shards}",
             *cfg.train.set,
@@ -342,7 +436,7 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
     predictions: dict[str, list[Path]] = {split: [] for split in splits}
     zero_shot: dict[str, list[Path]] = {split: [] for split in splits}
     t3_splits = {sub.split for sub in cfg.submissions if sub.task == "t3"}
-    for name, member, size in member_runs(cfg):
+    for name, member, size in scored_runs(cfg):
         common = [
             model_file(cfg, member, size),
             "--shards",
@@ -352,16 +446,18 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             "--name",
             name,
         ]
+        # A weak-label member's model also has the Task 3 classes: the ensemble reads its Task 1 columns.
+        task1 = ["--classes", ",".join(TASK_SCHEMAS["t1"].classes)] if member.weak_labels else []
         for split in splits:
             path = out / "predictions" / split / f"{name}.csv"
             predictions[split].append(path)
             plan.add(
                 f"predict-{name}-{split}",
-                ["predict", *common, "--split", split, "--out", path],
+                ["predict", *common, "--split", split, "--out", path, *task1],
                 [path],
                 [trained[member.name]],
             )
-            if member.zero_shot and split in t3_splits:
+            if (member.zero_shot or member.weak_labels) and split in t3_splits:
                 # A separate file: the ensemble's members must share one class set (the task 1 classes).
                 t3 = out / "predictions" / f"{split}-t3" / f"{name}.csv"
                 zero_shot[split].append(t3)
@@ -374,9 +470,11 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
                     t3,
                     "--classes",
                     ",".join(TASK_SCHEMAS["t3"].classes),
-                    "--descriptions",
-                    TASK_SCHEMAS["t3"].name,
                 ]
+                # Text-query and prompt members score the names from their text; a weak-label member's
+                # fixed head scores its trained rows and takes no descriptions.
+                if member.zero_shot:
+                    argv += ["--descriptions", TASK_SCHEMAS["t3"].name]
                 plan.add(f"predict-{name}-{split}-t3", argv, [t3], [trained[member.name]])
 
     ensemble_dir = out / "ensemble"
@@ -398,7 +496,7 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             ensemble_dir,
         ],
         [recipe],
-        [*(f"predict-{n}-{dev}" for n, _, _ in member_runs(cfg)), f"labels-{dev}"],
+        [*(f"predict-{n}-{dev}" for n, _, _ in scored_runs(cfg)), f"labels-{dev}"],
         heavy=True,
     )
     applied: dict[str, Path] = {}
@@ -420,7 +518,7 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
                 applied[split],
             ],
             [applied[split]],
-            [built, f"labels-{split}", *(f"predict-{n}-{split}" for n, _, _ in member_runs(cfg))],
+            [built, f"labels-{split}", *(f"predict-{n}-{split}" for n, _, _ in scored_runs(cfg))],
         )
 
     for sub in cfg.submissions:
@@ -475,7 +573,7 @@ def make_plan(cfg: PipelineConfig) -> list[Step]:
             [
                 *scored_after,
                 f"labels-{sub.split}",
-                *(f"predict-{n}-{sub.split}" for n, _, _ in member_runs(cfg)),
+                *(f"predict-{n}-{sub.split}" for n, _, _ in scored_runs(cfg)),
                 *(["synth-report"] if images else []),
             ],
         )

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--external", type=int, help="images held out in NIH's layout (default: 100 of 621, scaled with --images)"
     )
     make.add_argument(
-        "--vindr", type=int, help="images held out in VinDr-CXR's DICOM layout (default: 50 of 621, scaled)"
+        "--public",
+        type=int,
+        help="images held out in VinDr-CXR's and CheXpert's layouts, half each (default: 50 of 621, scaled)",
     )
     make.add_argument(
         "--reports-archive", help="IU X-ray NLMCXR_reports.tgz (default: shared/data/reports/ beside the checkout)"
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from cxrlt.data.rehearsal import DEFAULT_REPORTS, RehearsalOptions, make_rehearsal
 
     options = RehearsalOptions(
-        args.seed, args.images, args.external, args.reports_archive or DEFAULT_REPORTS, args.vindr
+        args.seed, args.images, args.external, args.reports_archive or DEFAULT_REPORTS, args.public
     )
     manifest, reused = make_rehearsal(args.out, options, progress=not args.quiet)
     if reused:

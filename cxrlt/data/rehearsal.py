@@ -10,8 +10,8 @@ Images are grouped into invented patients (1-3 studies) and studies (1-6 images,
 view; every split holds a study of 5 and of 6 images), split by patient 70/15/15. A study's labels are
 the union of its images' NIH labels plus the classes NIH lacks that its paired report's MeSH terms
 state; the 5 Task-3 classes go only to answers/development_labeled_task3.csv. Some images are held out
-in NIH's own layout (nih-external/), others in VinDr-CXR's (vindr-external/,
-cxrlt.data.rehearsal_vindr). The tree is written beside DIR and renamed into place, with
+in NIH's own layout (nih-external/), others in VinDr-CXR's and CheXpert's (vindr-external/,
+chexpert-external/: cxrlt.data.rehearsal_public). The tree is written beside DIR and renamed into place, with
 manifest.json written last; an existing tree with the same options is reused.
 """
 
@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from cxrlt.data import rehearsal_context as context
 from cxrlt.data.rehearsal_files import write_csv, write_readme
+from cxrlt.data.rehearsal_public import write_chexpert_tree, write_vindr_tree
 from cxrlt.data.rehearsal_reports import NIH_CLASSES, VARIANTS, ReportPairer, has_indication, render_report
-from cxrlt.data.rehearsal_vindr import write_vindr_tree
 from cxrlt.data.reports import Report, read_iu_reports
 from cxrlt.data.sources.starter import starter_folder
 from cxrlt.errors import InputError
@@ -47,6 +47,7 @@ DEFAULT_REPORTS = str(Path(__file__).resolve().parents[2].parent / "shared" / "d
 # stem, 224 px position grid): random weights, since nothing may be downloaded, but the recipe's
 # load-a-local-checkpoint path (stem summed to one channel, ViT position embeddings resized) runs as on MIMIC.
 BACKBONE_CHECKPOINTS = ("convnext_atto", "tf_efficientnetv2_b0", "vit_tiny_patch16_224")
+DINOV2_CHECKPOINT = "vit_small_patch14_dinov2"  # the smallest DINOv2: the recipe's DINOv2 member
 SPLIT_SHARES = {"train": 0.70, "dev": 0.15, "test": 0.15}
 SIZE_MIX = {1: 0.45, 2: 0.43, 3: 0.10, 4: 0.02}  # images per study, CXR-LT 2024 training split (5+ added apart)
 STUDIES_PER_PATIENT = {1: 0.55, 2: 0.30, 3: 0.15}
@@ -57,29 +58,29 @@ IMAGE_SIZE = 256
 
 @dataclass(frozen=True)
 class RehearsalOptions:
-    """--seed, --images (None: all), --external and --vindr (None: scaled with --images), --reports-archive."""
+    """--seed, --images (None: all), --external and --public (None: scaled with --images), --reports-archive."""
 
     seed: int = 0
     images: int | None = None
     external: int | None = None
     reports_archive: str = DEFAULT_REPORTS
-    vindr: int | None = None
+    public: int | None = None
 
     def resolved(self, available: int) -> RehearsalOptions:
         images = available if self.images is None else self.images
         if not 1 <= images <= available:
             raise InputError(f"--images {images}: the starter has {available} images")
         external = round(100 * images / available) if self.external is None else self.external
-        vindr = round(50 * images / available) if self.vindr is None else self.vindr
-        if not 0 <= external < images or not 0 <= vindr < images:
-            raise InputError(f"--external {external}, --vindr {vindr}: each must be in [0, --images ({images}) - 1]")
-        left = images - external - vindr
+        public = round(50 * images / available) if self.public is None else self.public
+        if not 0 <= external < images or not 0 <= public < images:
+            raise InputError(f"--external {external}, --public {public}: each must be in [0, --images ({images}) - 1]")
+        left = images - external - public
         if left * min(SPLIT_SHARES.values()) < MIN_SPLIT_IMAGES:
             raise InputError(
-                f"--images {images} with --external {external} and --vindr {vindr} leaves {left} images for MIMIC "
+                f"--images {images} with --external {external} and --public {public} leaves {left} images for MIMIC "
                 f"studies; each split needs {MIN_SPLIT_IMAGES} (a study of 5 and of 6 images): use more images"
             )
-        return RehearsalOptions(self.seed, images, external, str(Path(self.reports_archive).resolve()), vindr)
+        return RehearsalOptions(self.seed, images, external, str(Path(self.reports_archive).resolve()), public)
 
 
 @dataclass
@@ -300,9 +301,10 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
     frame = pd.read_csv(starter_folder() / "labels.csv", dtype=str, keep_default_na=False)
     seeded = lambda k: np.random.default_rng([options.seed, k])  # noqa: E731 - one stream per concern
     order = seeded(0).permutation(len(frame))[: options.images].tolist()
-    held_nih, held_vindr = options.external or 0, options.vindr or 0  # resolved: never None here
-    external, vindr = order[:held_nih], order[held_nih : held_nih + held_vindr]
-    rows = order[held_nih + held_vindr :]
+    held_nih, held_public = options.external or 0, options.public or 0  # resolved: never None here
+    external, public = order[:held_nih], order[held_nih : held_nih + held_public]
+    rows = order[held_nih + held_public :]
+    vindr, chexpert = public[: len(public) // 2], public[len(public) // 2 :]
     studies = plan_studies(frame, rows, seeded(1))
     pairer, variants = ReportPairer(reports, seeded(2)), seeded(3)
     for study in studies:
@@ -336,8 +338,9 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
     ]
     write_csv(nih_table, tmp / "nih-external" / "Data_Entry_2017_v2020.csv")
     write_vindr_tree(tmp / "vindr-external", frame, vindr, starter_folder() / "images")
+    write_chexpert_tree(tmp / "chexpert-external", frame, chexpert, starter_folder() / "images")
     manifest = _summary(studies, covered, options, len(external))
-    manifest["images"]["vindr-external"] = len(vindr)
+    manifest["images"].update({"vindr-external": len(vindr), "chexpert-external": len(chexpert)})
     manifest["models"] = _write_backbone_checkpoints(tmp / "models", options.seed)
     write_readme(tmp / "README.md", manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -345,7 +348,9 @@ def _generate(tmp: Path, options: RehearsalOptions, progress: bool) -> dict:
 
 
 def _write_backbone_checkpoints(folder: Path, seed: int) -> list[str]:
+    import timm
     import torch
+    from timm.models import save_for_hf
 
     from cxrlt.models.backbones import BackboneConfig, create_backbone, save_backbone_checkpoint
 
@@ -355,6 +360,13 @@ def _write_backbone_checkpoints(folder: Path, seed: int) -> list[str]:
         torch.manual_seed(seed)
         save_backbone_checkpoint(create_backbone(BackboneConfig(name=name, in_chans=3)), folder / f"{name}.pth")
         written.append(f"models/{name}.pth")
+    # DINOv2 weights ship as a Hugging Face folder in timm's layout (timm/vit_*_patch14_dinov2.lvd142m):
+    # config.json + model.safetensors, with the 518 px position grid the recipe resamples to its size.
+    torch.manual_seed(seed)
+    save_for_hf(
+        timm.create_model(DINOV2_CHECKPOINT, pretrained=False), str(folder / DINOV2_CHECKPOINT), safe_serialization=True
+    )
+    written.append(f"models/{DINOV2_CHECKPOINT}/")
     return written
 
 

@@ -86,9 +86,12 @@ Task-1 classes with no positive in any split (all-zero columns, as a class absen
 - `vindr-external/`: other held-out images in VinDr-CXR's layout (annotations/image_labels_train.csv with
   three agreeing invented readers per image, train/*.dicom: 12-bit DICOM, every other one MONOCHROME1),
   their NIH labels on VinDr's names
+- `chexpert-external/`: others in CheXpert's layout (CheXpert-v1.0-small/train.csv + JPEGs), their NIH
+  labels on CheXpert's observations (positives 1.0, other cells blank)
 - `answers/development_labeled_task3.csv`, `manifest.json` (counts; written last)
-- `models/`: stand-ins for the recipe's local ImageNet checkpoints ({", ".join(manifest["models"])}): timm
-  state dicts with a 3-channel stem and a 224 px grid, but random weights (nothing is downloaded)
+- `models/`: stand-ins for the recipe's local ImageNet and DINOv2 checkpoints ({", ".join(manifest["models"])}):
+  timm state dicts with a 3-channel stem and a 224 px grid, and a Hugging Face folder in timm's layout
+  (DINOv2, 518 px grid), but random weights (nothing is downloaded)
 
 Images per split: {manifest["images"]}. Studies per split: {manifest["studies"]}. Studies by number of
 images:

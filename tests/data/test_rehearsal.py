@@ -300,7 +300,7 @@ def test_shard_vindr_external_decodes_its_dicoms_like_the_originals(tree, tmp_pa
     vindr = tree / "vindr-external"
     labels = _csv(vindr / "annotations" / "image_labels_train.csv")
     images = sorted(p.stem for p in (vindr / "train").iterdir())
-    assert len(images) == 12 and sorted(set(labels["image_id"])) == images
+    assert len(images) == 6 and sorted(set(labels["image_id"])) == images
     assert (labels.groupby("image_id")["rad_id"].nunique() == 3).all()
     starter = Path(__file__).resolve().parents[2] / "cxrlt" / "resources" / "nih-starter"
     for image_id in images:
@@ -323,3 +323,24 @@ def test_shard_vindr_external_decodes_its_dicoms_like_the_originals(tree, tmp_pa
         assert values["Cardiomegaly"] == float("Cardiomegaly" in findings)
         assert values["No finding"] == float(findings == {"No Finding"})
         assert values["Nodule/Mass"] == float(bool(findings & {"Nodule", "Mass"}))
+
+
+def test_shard_chexpert_external_reads_the_nih_labels_on_chexpert_names(tree, tmp_path, read_back):
+    from cxrlt.data.rehearsal_public import chexpert_row
+    from cxrlt.labels import CHEXPERT_14
+
+    release = tree / "chexpert-external"
+    table = pd.read_csv(release / "CheXpert-v1.0-small" / "train.csv")
+    argv = ["shard", "chexpert", "--table", str(release / "CheXpert-v1.0-small" / "train.csv")]
+    argv += ["--images", str(release), "--split", "1,0,0", "--out", str(tmp_path / "c"), "--max-size", "32"]
+    assert main(argv) == 0
+    items = {item["id"]: item["labels"].tolist() for item in read_back(tmp_path / "c")}
+    assert len(items) == len(table) == 6
+    starter = pd.read_csv(Path(__file__).resolve().parents[2] / "cxrlt/resources/nih-starter/labels.csv", dtype=str)
+    possible = {tuple(chexpert_row(labels).values()) for labels in starter["Finding Labels"]}
+    for _, row in table.iterrows():
+        cells = [None if pd.isna(row[c]) else float(row[c]) for c in CHEXPERT_14.classes]
+        assert tuple(cells) in possible  # some real NIH image's labels, on CheXpert's names
+        image_id = "_".join(row["Path"].split("/")[2:4]) + "_view1_frontal"
+        # CheXpert's reading: a stated 1.0 is positive, a blank (not mentioned) negative.
+        assert items[image_id] == [1.0 if c == 1.0 else 0.0 for c in cells]

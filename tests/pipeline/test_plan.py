@@ -140,9 +140,11 @@ def test_every_task_has_its_submission_and_the_ensemble_gets_the_views() -> None
     assert {n for n in steps if n.startswith("submit-")} == {"submit-t1", "submit-t2", "submit-t3"}
     t3 = steps["submit-t3"].argv
     zero_shot = t3[t3.index("--predictions") + 1 : t3.index("--out")]
-    # Both zero-shot members answer Task 3: the text-query ML-Decoder and the contrastive (prompt) member.
+    # Three members answer Task 3: the text-query ML-Decoder and the contrastive (prompt) member from text,
+    # the weak-label member from its trained rows.
     t3_dir = cfg.out_dir / "predictions" / "dev-t3"
-    assert zero_shot == (str(t3_dir / "textquery-convnext-s-64.csv"), str(t3_dir / "clip-convnext-s-64.csv"))
+    names = ("textquery-convnext-s-64", "clip-convnext-s-64", "weak-convnext-s-64")
+    assert zero_shot == tuple(str(t3_dir / f"{name}.csv") for name in names)
     scored = steps["predict-textquery-convnext-s-64-dev-t3"].argv
     assert scored[scored.index("--classes") + 1] == "Bulla,Cardiomyopathy,Hilum,Osteopenia,Scoliosis"
     assert "model.head.text_queries=true" in _sets(steps["train-textquery-convnext-s"].argv)

@@ -106,7 +106,10 @@ def test_the_ensemble_is_applied_with_views_and_every_task_is_reported(rehearsal
         assert 0 < len(metrics["classes_scored"]) <= classes and 0 < metrics["prevalence_mAP"] < 1
         assert all(0 <= m["mAP"] <= 1 for m in metrics["models"].values())
         if task != "t3":
-            assert "ensemble" in metrics["models"] and len(metrics["models"]) == 1 + 8  # 8 members, clip included
+            # 10 scored members: clip, the weak-label member and the chain's MIMIC member included; the
+            # chain's public pretraining member is not one of them.
+            assert "ensemble" in metrics["models"] and len(metrics["models"]) == 1 + 10
+            assert not any(name.startswith("public-") for name in metrics["models"])
     index = (out / "report" / "index.html").read_text()
     assert all(f"{t}/index.html" in index for t in ("t1", "t2", "t3"))
 
@@ -144,3 +147,27 @@ def test_one_mlflow_parent_in_a_model_training_experiment_and_a_rerun_reuses_eve
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert again.stdout.count("done earlier, reused") == len(steps)
     assert json.loads((out / "pipeline.json").read_text())["run_id"] == state["run_id"]
+
+
+def test_the_pretraining_chain_starts_a_mimic_member_from_a_model_trained_on_three_public_sets(rehearsal: dict) -> None:
+    import torch
+
+    from cxrlt.labels import CHEXPERT_14, CXR_LT_2024_TASK1, NIH_14, VINDR_CXR, canonical_name
+    from cxrlt.models.crossschema import saved_backbone_state
+    from cxrlt.models.saved import load_model
+
+    out, data = rehearsal["out"], rehearsal["data"]
+    public = load_model(out / "members" / "public-effnetv2-l" / "res-64" / "best.pt")
+    union = {canonical_name(c, s.naming) for s in (NIH_14, CHEXPERT_14, VINDR_CXR) for c in s.classes}
+    assert public.schema == "union" and set(public.classes) == union
+    member = load_model(out / "members" / "effnetv2-l" / "res-64" / "best.pt")
+    assert member.classes == CXR_LT_2024_TASK1.classes
+    # A few training steps move the weights little: the member sits next to the public model's backbone,
+    # far from the ImageNet stand-in both started from.
+    trained, start = saved_backbone_state(member), saved_backbone_state(public)
+    imagenet = torch.load(data / "models" / "tf_efficientnetv2_b0.pth", weights_only=True)["state_dict"]
+    shared = [k for k in trained if k in imagenet and trained[k].shape == imagenet[k].shape and "conv_stem" not in k]
+    near = sum(float((trained[k] - start[k]).norm()) for k in shared)
+    far = sum(float((trained[k] - imagenet[k].float()).norm()) for k in shared)
+    assert len(shared) > 100 and near < 0.5 * far
+    assert not (out / "predictions" / "dev" / "public-effnetv2-l-64.csv").exists()
