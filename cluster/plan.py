@@ -272,6 +272,7 @@ def _with_configs(p: PipelineConfig, change: Callable[[Path, str], Path]) -> Pip
         train=replace(p.train, config=change(p.train.config, "train")),
         tune=p.tune and replace(p.tune, config=change(p.tune.config, "tune")),
         synth=p.synth and replace(p.synth, config=change(p.synth.config, "synth")),
+        weak_labels=p.weak_labels and replace(p.weak_labels, rules=change(p.weak_labels.rules, "weak-labels")),
         ensemble=replace(
             p.ensemble, config=None if p.ensemble.config is None else change(p.ensemble.config, "ensemble")
         ),

@@ -192,3 +192,16 @@ def test_records_of_one_dependency_per_job_still_load(tmp_path: Path) -> None:
         )
     )
     assert [s.depends_on for s in SubmissionRecord.load(path).steps] == [[], ["1"]]
+
+
+def test_the_real_recipes_step_configs_are_frozen_in_the_submission_folder(workdir: Path) -> None:
+    """Every step config the real recipe names (the weak-label rules included) is copied beside the jobs, so
+    editing it cannot change a queued job, and the jobs name the copies by absolute path."""
+    from cluster.plan import make_plan as slurm_plan
+
+    plan = slurm_plan("pipeline", workdir / "configs" / "mimic-cxr-lt-2024.toml", [], [], workdir)
+    copies = {path.name: text for path, text in plan.files.items()}
+    assert copies["weak-labels.toml"] == (workdir / "configs" / "fewshot-mimic-task3.toml").read_text()
+    [weak] = [job for job in plan.jobs if job.name == "weak-labels"]
+    assert f"--rules {plan.dir / 'configs' / 'weak-labels.toml'}" in weak.script
+    assert "configs/fewshot-mimic-task3.toml" not in "".join(job.script for job in plan.jobs)
