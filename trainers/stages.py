@@ -70,7 +70,7 @@ def check_inputs(cfg: TrainConfig) -> ShardIndex:
     if cfg.stage.name == "contrastive" and not sum(int(s.get("with_report", 0)) for s in index.sources):
         raise InputError(
             f"stage.name = 'contrastive': {cfg.data.shards} holds no report text; shard a source with reports "
-            "(cxrlt shard mimic ... --reports <MIMIC-CXR reports>)"
+            "(cxrlt shard mimic-cxr-lt ... --reports <MIMIC-CXR reports>)"
         )
     if (cfg.data.sources or cfg.data.schema) and cfg.stage.name not in ("image", "study"):
         raise InputError(
