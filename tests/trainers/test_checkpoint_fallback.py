@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.cli import cxrlt
+from tests.cli import cxrlt_forked
 from tests.trainers.conftest import train_args
 
 pytestmark = pytest.mark.timeout(600)
@@ -23,7 +23,7 @@ def _flip(path, at: int = 2000) -> None:
 def test_resume_falls_back_past_damaged_checkpoints_then_fails_clearly(starter64, tmp_path):
     out = tmp_path / "run"
     args = train_args(starter64, out, "checkpoint.every_steps=2", "schedule.epochs=1", "data.steps_per_epoch=4")
-    first = cxrlt(*args, "--nproc", "1", cwd=tmp_path)
+    first = cxrlt_forked(*args, "--nproc", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = out / "checkpoints"
     older, newest = checkpoints / "step-00000002", checkpoints / "step-00000004"
@@ -34,7 +34,7 @@ def test_resume_falls_back_past_damaged_checkpoints_then_fails_clearly(starter64
     # A truncated DeepSpeed model file in the newest: resume from the previous one and train on.
     model_states = newest / "mp_rank_00_model_states.pt"
     model_states.write_bytes(model_states.read_bytes()[: model_states.stat().st_size // 2])
-    resumed = cxrlt(*args, "--nproc", "1", "--resume", cwd=tmp_path)
+    resumed = cxrlt_forked(*args, "--nproc", "1", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "warning" in resumed.stderr and str(model_states) in resumed.stderr
     assert f"from {older.name}" in resumed.stderr
@@ -44,7 +44,7 @@ def test_resume_falls_back_past_damaged_checkpoints_then_fails_clearly(starter64
     _flip(newest / "ema.pt")
     (older / "state.json").write_text('{"epoch": 0, "glob')
     (out / "result.json").unlink()
-    failed = cxrlt(*args, "--nproc", "1", "--resume", cwd=tmp_path)
+    failed = cxrlt_forked(*args, "--nproc", "1", "--resume", cwd=tmp_path)
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "no kept checkpoint loads" in failed.stderr and "Traceback" not in failed.stderr
     assert str(newest / "ema.pt") in failed.stderr and str(older / "state.json") in failed.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli import cxrlt
+from tests.cli import cxrlt_forked
 from tests.trainers.conftest import train_args
 from trainers.checkpointing import DEEPSPEED_GLOBALS, Checkpointer, DamagedCheckpoint, load_weights_only
 
@@ -66,7 +66,7 @@ def test_resume_refuses_a_planted_pickle_in_each_checkpoint_file_naming_it(start
         "schedule.epochs=1",
         "data.steps_per_epoch=3",
     )
-    first = cxrlt(*args, "--nproc", "1", cwd=tmp_path)
+    first = cxrlt_forked(*args, "--nproc", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     steps = [out / "checkpoints" / f"step-{n:08d}" for n in (1, 2, 3)]
     planted = [
@@ -78,7 +78,7 @@ def test_resume_refuses_a_planted_pickle_in_each_checkpoint_file_naming_it(start
         plant(path, marker)
     (out / "result.json").unlink()  # as if killed after its last checkpoint
 
-    resumed = cxrlt(*args, "--nproc", "1", "--resume", cwd=tmp_path)
+    resumed = cxrlt_forked(*args, "--nproc", "1", "--resume", cwd=tmp_path)
     assert not marker.exists()
     assert resumed.returncode == 2, resumed.stderr[-3000:]
     assert "no kept checkpoint loads" in resumed.stderr and "Traceback" not in resumed.stderr

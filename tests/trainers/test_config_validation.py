@@ -55,14 +55,14 @@ def test_good_train_values_still_load() -> None:
 
 
 @pytest.mark.parametrize("override", ["data.batch_size=0", "optim.lr=nan", "data.steps_per_epoch=-1"])
-def test_cxrlt_train_refuses_before_creating_the_run_folder_or_mlflow_store(tmp_path, override):
+def test_cxrlt_train_refuses_before_creating_the_run_folder_or_mlflow_store(tmp_path, override, capfd):
     from pathlib import Path
 
-    from tests.cli import cxrlt
+    from tests.cli import cxrlt_in_process
 
     config = Path(__file__).resolve().parents[2] / "configs" / "demo-member.toml"
     out = tmp_path / "run"
-    result = cxrlt("train", config, "--set", f"run.out_dir={out}", "--set", override, cwd=tmp_path)
+    result = cxrlt_in_process(capfd, "train", config, "--set", f"run.out_dir={out}", "--set", override, cwd=tmp_path)
     key = override.split("=")[0].split(".")[1]
     assert result.returncode == 2 and key in result.stderr, result.stderr[-2000:]
     assert not out.exists() and not (tmp_path / "mlruns.db").exists()

@@ -18,7 +18,7 @@ from cxrlt.labels import CXR_LT_2024_TASK1, NIH_14
 from cxrlt.models import BackboneConfig, HeadConfig, ModelConfig, build_model, create_backbone
 from cxrlt.models.saved import load_model, save_model
 from launch.main import main
-from tests.cli import cxrlt
+from tests.cli import cxrlt_forked
 from tests.trainers.conftest import CONFIG, train_args
 from trainers.config import StageConfig, TrainConfig
 from trainers.modelinit import build_member_model
@@ -124,7 +124,7 @@ def cxr_lt_shards(tmp_path_factory):
 def test_cxr_lt_member_trains_from_the_nih_model(trained, cxr_lt_shards, tmp_path):
     out = tmp_path / "cxr-lt"
     sets = ("schedule.epochs=1", "data.steps_per_epoch=2", f"stage.init_from={trained / 'best.pt'}")
-    result = cxrlt(*train_args(cxr_lt_shards, out, *sets, "stage.init_head=shared"), cwd=tmp_path)
+    result = cxrlt_forked(*train_args(cxr_lt_shards, out, *sets, "stage.init_head=shared"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     member = load_model(out / "best.pt")
     assert member.schema == "cxr-lt-2024-task1" and len(member.classes) == 40

@@ -14,7 +14,7 @@ from cxrlt.labels import get_schema
 from cxrlt.models.saved import load_model
 from cxrlt.predictions import read_predictions
 from cxrlt.tracking import Tracker, sqlite_uri
-from tests.cli import cxrlt
+from tests.cli import cxrlt_forked, cxrlt_in_process
 from tests.multiview import VIEW_COUNTS, build_multiview_shards
 from tests.trainers.conftest import REFERENCE_OVERRIDES, train_args
 
@@ -37,7 +37,7 @@ def predict_on_one_and_two_ranks(model, shards, split, tmp_path, *options):
     for nproc in (1, 2):
         out = tmp_path / f"{shards.name}-{split}-{nproc}.csv"
         args = ["predict", model, "--shards", shards, "--split", split, "--out", out, *options, "--nproc", nproc]
-        result = cxrlt(*args, cwd=tmp_path)
+        result = cxrlt_forked(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         files.append(read_predictions(out))
     return files
@@ -67,7 +67,7 @@ def test_study_stage_starts_from_the_image_checkpoint_with_a_frozen_backbone(tra
         "model.study.context.indication=true",
         "model.study.context.vitals=numeric",
     )
-    result = cxrlt(*args, cwd=tmp_path)
+    result = cxrlt_forked(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     image, study = load_model(trained / "best.pt"), load_model(out / "best.pt")
     assert study.kind == "study"
@@ -80,7 +80,7 @@ def test_study_stage_starts_from_the_image_checkpoint_with_a_frozen_backbone(tra
     assert image_backbone.keys() == study_backbone.keys()
     assert all(torch.equal(image_backbone[k], study_backbone[k]) for k in image_backbone)  # frozen, so unchanged
     predictions = tmp_path / "study-dev.csv"
-    result = cxrlt(
+    result = cxrlt_forked(
         "predict", out / "best.pt", "--shards", starter64, "--split", "dev", "--out", predictions, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_two_noisy_student_rounds_each_teaching_the_next(trained, starter64, tmp
         "student.unlabelled_ratio=0.3",
         "student.iterations=2",
     )
-    result = cxrlt(*args, cwd=tmp_path)
+    result = cxrlt_forked(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rounds = [np.load(out / f"student-{k}" / "pseudo_labels.npz") for k in (1, 2)]
     assert len(set(rounds[0]["ids"].tolist())) == 515  # the train split (the unlabelled set repeats its ids)
@@ -121,7 +121,7 @@ def test_two_noisy_student_rounds_each_teaching_the_next(trained, starter64, tmp
 
 def test_a_list_of_resolutions_trains_one_member_each(starter64, tmp_path):
     out = tmp_path / "multires"
-    result = cxrlt(*train_args(starter64, out, *QUICK, "resolutions=[32, 64]"), cwd=tmp_path)
+    result = cxrlt_forked(*train_args(starter64, out, *QUICK, "resolutions=[32, 64]"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [load_model(out / f"res-{s}" / "best.pt").transform["size"] for s in (32, 64)] == [32, 64]
     parent_id = (out / "mlflow_run_id").read_text().strip()
@@ -138,31 +138,31 @@ def test_a_list_of_resolutions_trains_one_member_each(starter64, tmp_path):
         (("model.backbone.in_chans=3",), "data.transform.channels = 1 but model.backbone.in_chans = 3"),
     ],
 )
-def test_bad_training_input_is_refused_before_any_work(starter64, tmp_path, overrides, message):
-    result = cxrlt(*train_args(starter64, tmp_path / "bad", *overrides), cwd=tmp_path)
+def test_bad_training_input_is_refused_before_any_work(starter64, tmp_path, overrides, message, capfd):
+    result = cxrlt_in_process(capfd, *train_args(starter64, tmp_path / "bad", *overrides), cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "bad").exists()
 
 
-def test_schema_mismatches_are_refused(trained, chexpert_shards, starter64, tmp_path):
-    predicted = cxrlt(
-        "predict", trained / "best.pt", "--shards", chexpert_shards, "--out", tmp_path / "p.csv", cwd=tmp_path
+def test_schema_mismatches_are_refused(trained, chexpert_shards, starter64, tmp_path, capfd):
+    predicted = cxrlt_in_process(
+        capfd, "predict", trained / "best.pt", "--shards", chexpert_shards, "--out", tmp_path / "p.csv", cwd=tmp_path
     )
     assert predicted.returncode == 2 and "schema 'nih-14'" in predicted.stderr and "chexpert-14" in predicted.stderr
     student = train_args(
         chexpert_shards, tmp_path / "s", "stage.name=student", f"student.teacher={trained / 'best.pt'}"
     )
-    result = cxrlt(*student, cwd=tmp_path)
+    result = cxrlt_in_process(capfd, *student, cwd=tmp_path)
     assert result.returncode == 2 and "trained on other classes" in result.stderr
-    again = cxrlt(*train_args(starter64, trained), cwd=tmp_path)
+    again = cxrlt_forked(*train_args(starter64, trained), cwd=tmp_path)
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
 
 def test_a_finished_member_is_reused_only_for_the_config_it_was_trained_with(trained, starter64, tmp_path):
     work = trained.parent
-    same = cxrlt(*train_args(starter64, trained, *REFERENCE_OVERRIDES), "--resume", cwd=work)
+    same = cxrlt_forked(*train_args(starter64, trained, *REFERENCE_OVERRIDES), "--resume", cwd=work)
     assert same.returncode == 0, same.stderr[-3000:]
-    changed = cxrlt(*train_args(starter64, trained, *REFERENCE_OVERRIDES, "optim.lr=1e-2"), "--resume", cwd=work)
+    changed = cxrlt_forked(*train_args(starter64, trained, *REFERENCE_OVERRIDES, "optim.lr=1e-2"), "--resume", cwd=work)
     assert changed.returncode == 2 and "holds a finished run of another training config" in changed.stderr, (
         changed.stderr
     )

@@ -1,5 +1,5 @@
 """`cxrlt train` end to end on the real embedded images with a real DeepSpeed engine (gloo, 2 ranks),
-a real MLflow store, and real signals: ZeRO 0/2, exact resume after SIGKILL, requeue after SIGTERM."""
+a real MLflow store, and real signals: ZeRO 0/2, requeue after SIGTERM, exact resume after SIGKILL."""
 
 from __future__ import annotations
 
@@ -100,28 +100,14 @@ def test_two_ranks_zero2_with_gradient_accumulation(starter64, tmp_path):
     assert json.loads((step / "state.json").read_text())["global_step"] == 4
 
 
-def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(starter64, trained, tmp_path):
-    out = tmp_path / "killed"
-    args = train_args(starter64, out, *REFERENCE_OVERRIDES)
-    process = _start([*args, "--nproc", "2"], tmp_path)
-    _wait_for_step(process, out, 4)
-    os.killpg(process.pid, signal.SIGKILL)  # the command and torchrun; the workers must follow
-    process.wait()
-    _wait_until_gone(out)
-    assert 4 <= _latest_step(out) < 16 and not (out / "result.json").exists()
-    killed_at = _latest_step(out)
-    resumed = cxrlt(*args, "--nproc", "2", "--resume", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"from step-{killed_at:08d}" in resumed.stderr
-    expected, got = _weights(trained / "last.pt"), _weights(out / "last.pt")
-    assert expected.keys() == got.keys()
-    different = [k for k in expected if not torch.equal(expected[k], got[k])]
-    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
-
-
-def test_sigterm_checkpoints_exits_for_requeue_and_the_rerun_finishes_the_same_mlflow_run(starter64, tmp_path):
+def test_sigterm_requeues_then_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(
+    starter64, trained, tmp_path
+):
+    """One run of the reference config stopped both ways (the checkpoints of the two are the same files):
+    SIGTERM, as a job script's kill, checkpoints and exits for requeue; the requeued run is SIGKILLed
+    mid-epoch; the last resume finishes the same MLflow run with the uninterrupted run's weights."""
     out = tmp_path / "preempted"
-    args = train_args(starter64, out, "checkpoint.every_steps=2")
+    args = train_args(starter64, out, *REFERENCE_OVERRIDES)
     process = _start([*args, "--nproc", "2"], tmp_path)
     _wait_for_step(process, out, 2)
     os.kill(process.pid, signal.SIGTERM)  # the `cxrlt train` parent only, as a job script's kill would
@@ -133,8 +119,21 @@ def test_sigterm_checkpoints_exits_for_requeue_and_the_rerun_finishes_the_same_m
     run_id = (out / "mlflow_run_id").read_text()
     assert _mlflow_run(tmp_path, out).info.status == "KILLED"
 
-    requeued = cxrlt(*args, "--nproc", "2", "--resume", cwd=tmp_path)
-    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    requeued = _start([*args, "--nproc", "2", "--resume"], tmp_path)
+    _wait_for_step(requeued, out, stopped_at + 1)
+    os.killpg(requeued.pid, signal.SIGKILL)  # the command and torchrun; the workers must follow
+    requeued.wait()
+    _wait_until_gone(out)
+    assert stopped_at < _latest_step(out) < 16 and not (out / "result.json").exists()
+    killed_at = _latest_step(out)
+    resumed = cxrlt(*args, "--nproc", "2", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"from step-{killed_at:08d}" in resumed.stderr
+    expected, got = _weights(trained / "last.pt"), _weights(out / "last.pt")
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
+
     assert (out / "mlflow_run_id").read_text() == run_id
     run = _mlflow_run(tmp_path, out)
     assert run.info.status == "FINISHED"

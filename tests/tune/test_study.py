@@ -21,7 +21,7 @@ import pytest
 from cxrlt.config import load_config
 from cxrlt.requeue import REQUEUE_EXIT_CODE, request_stop
 from cxrlt.tracking import Tracker, sqlite_uri
-from tests.cli import CXRLT, cxrlt
+from tests.cli import CXRLT, cxrlt, cxrlt_forked
 from tests.tune.conftest import tune_args
 from trainers import tune_trial
 from trainers.config import TrainConfig
@@ -143,7 +143,7 @@ def test_the_best_config_trains(study, starter64):
     cfg = load_config(TrainConfig, best)
     assert cfg.optim.lr == 0.01 and cfg.data.shards == starter64 and not cfg.run.parent_run_id
     out = study.work / "best-run"
-    trained = cxrlt("train", best, "--set", "schedule.epochs=1", "--set", f"run.out_dir={out}", cwd=study.work)
+    trained = cxrlt_forked("train", best, "--set", "schedule.epochs=1", "--set", f"run.out_dir={out}", cwd=study.work)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["best_epoch"] == 1
 
