@@ -11,12 +11,16 @@ the writer's `max_size` (a 3000 px 16-bit image is decoded once, never PNG-encod
 any other file (PNG, JPEG) passes through, so a source mixing both needs no choice. Pixels that cannot
 be decoded (compressed transfer syntaxes without a decoder installed, no pixel data, colour or
 multi-frame images) are ImageProblems the writer counts and lists, never crashes.
+
+`write_dx_dicom` writes the other way: stored values as an uncompressed DX file, for the rehearsal's
+VinDr-CXR stand-in (cxrlt.data.rehearsal_public) and the tests.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -24,6 +28,7 @@ from PIL import Image
 from cxrlt.data.images import ImageProblem, read_bytes
 
 _PREAMBLE = 128  # a DICOM Part 10 file: 128-byte preamble, then b"DICM"
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
 def is_dicom(data: bytes) -> bool:
@@ -76,3 +81,30 @@ class DicomLoader:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)  # lossless; decoded again at once by the writer
         return buffer.getvalue()
+
+
+def write_dx_dicom(
+    values: np.ndarray, path: Path, photometric: str = "MONOCHROME2", window: tuple[float, float] | None = None
+) -> Path:
+    """(H, W) 12-bit stored values (uint16) as a DX DICOM Part 10 file at `path`, explicit VR little
+    endian, slope 1 / intercept 0, with WindowCenter / WindowWidth = `window` when given."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(DX_STORAGE)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = DX_STORAGE, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = values.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cxrlt.data.dicom import write_dx_dicom
 from cxrlt.data.rehearsal_files import write_csv
 from cxrlt.labels import CHEXPERT_14, VINDR_CXR
 
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 READERS = ("R1", "R2", "R3")
 DETECTOR_MAX = 4000  # 12-bit values, as VinDr's detectors store them
 # NIH names whose VinDr column differs in spelling; the others are spelled alike.
@@ -73,29 +73,13 @@ def chexpert_row(nih_labels: str) -> dict[str, float | None]:
     return row
 
 
-def write_dicom(gray: np.ndarray, path: Path, monochrome1: bool) -> None:
+def vindr_dicom(gray: np.ndarray, path: Path, monochrome1: bool) -> None:
     """An 8-bit grey image as a DX DICOM file of 12-bit detector values (see the module docstring)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
-
     values = np.round(gray.astype(np.float64) * (DETECTOR_MAX / 255.0)).astype(np.uint16)
     if monochrome1:
         values = DETECTOR_MAX - values
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(DX_STORAGE)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = DX_STORAGE, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.Rows, ds.Columns = values.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = DETECTOR_MAX / 2, DETECTOR_MAX
-    ds.PixelData = values.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    photometric = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    write_dx_dicom(values, path, photometric, window=(DETECTOR_MAX / 2, DETECTOR_MAX))
 
 
 def write_vindr_tree(root: Path, frame: pd.DataFrame, rows: list[int], images: Path) -> None:
@@ -105,7 +89,7 @@ def write_vindr_tree(root: Path, frame: pd.DataFrame, rows: list[int], images: P
     for k, row in enumerate(rows):
         image_id = Path(frame.at[row, "Image Index"]).stem
         with Image.open(images / frame.at[row, "Image Index"]) as image:
-            write_dicom(np.asarray(image.convert("L")), root / "train" / f"{image_id}.dicom", monochrome1=k % 2 == 1)
+            vindr_dicom(np.asarray(image.convert("L")), root / "train" / f"{image_id}.dicom", monochrome1=k % 2 == 1)
         labels = vindr_row(frame.at[row, "Finding Labels"])
         records += [{"image_id": image_id, "rad_id": reader, **labels} for reader in READERS]
     write_csv(pd.DataFrame(records), root / "annotations" / "image_labels_train.csv")

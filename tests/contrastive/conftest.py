@@ -4,6 +4,7 @@ in MIMIC-CXR layout) sharded through the MIMIC source with its reports, at 64 px
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,31 +48,37 @@ def report_shards(tmp_path_factory: pytest.TempPathFactory, rehearsal_tree: Path
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_text_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-layer, 32-wide BERT with the packaged MiniLM's tokenizer, saved as a local transformers
-    folder: the same `model.text_encoder.path` route a BioClinicalBERT or CXR-BERT folder takes, small
-    enough that training steps cost milliseconds. Random weights (nothing is downloaded); dropout on,
-    so resuming must restore the RNG."""
+def save_tiny_bert(folder: Path, tokenizer: Any, hidden: int = 32) -> Path:
+    """A one-layer BERT of `hidden` width with `tokenizer`'s vocabulary, random weights (seed 0), saved with
+    the tokenizer as a local transformers folder: the `model.text_encoder.path` route a BioClinicalBERT
+    or CXR-BERT folder takes, small enough that training steps cost milliseconds."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    from cxrlt.models.text import default_text_encoder_path
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(str(default_text_encoder_path()), local_files_only=True)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=1,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden,
         max_position_embeddings=128,
     )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """save_tiny_bert with the packaged MiniLM's tokenizer (nothing is downloaded); dropout on, so
+    resuming must restore the RNG."""
+    from transformers import AutoTokenizer
+
+    from cxrlt.models.text import default_text_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_text_encoder_path()), local_files_only=True)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer)
 
 
 def contrastive_overrides(shards: Path, text_encoder: Path, work: Path, *extra: str) -> list[str]:

@@ -14,6 +14,7 @@ from cxrlt.models.backbones import BackboneConfig
 from cxrlt.models.contrastive import ContrastiveConfig
 from cxrlt.models.factory import ModelConfig, build_model
 from cxrlt.models.text import TextEncoderConfig
+from tests.contrastive.conftest import save_tiny_bert
 from trainers import distributed
 from trainers.config import DeepSpeedConfig, OptimConfig
 from trainers.contrastive import ContrastiveCriterion, report_kwargs
@@ -36,26 +37,14 @@ REPORTS = [
 
 
 def _word_tokenizer_bert(folder: Path) -> Path:
-    """A one-layer BERT whose word-piece vocabulary is the test reports' words: the GPU machine carries
-    no packaged tokenizer, and the tower's code path is the same for any local transformers folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    """A tiny BERT whose word-piece vocabulary is the test reports' words: the GPU machine carries no
+    packaged tokenizer, and the tower's code path is the same for any local transformers folder."""
+    from transformers import BertTokenizerFast
 
     words = sorted({w.strip(".,").lower() for text in REPORTS for w in text.split()} | {"no", "cardiomegaly"})
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder, BertTokenizerFast(vocab_file=str(vocab)), hidden=64)
 
 
 @pytest.mark.parametrize("loss_name", ["clip", "siglip"])

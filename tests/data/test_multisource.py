@@ -30,6 +30,7 @@ from cxrlt.data.shardset import ShardIndex, read_index
 from cxrlt.data.transforms import TransformConfig
 from cxrlt.labels import CHEXPERT_14, NIH_14
 from cxrlt.models.losses import LossConfig, build_loss
+from tests.starter import shard_starter
 
 TINY = TransformConfig(size=24)
 NIH_ONLY = ("Infiltration", "Mass", "Nodule", "Emphysema", "Fibrosis", "Pleural Thickening", "Hernia")
@@ -39,15 +40,7 @@ CHEXPERT_ONLY = ("Normal", "Enlarged Cardiomediastinum", "Lung Opacity", "Lung L
 @pytest.fixture(scope="module")
 def chexpert_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """240 starter images sharded under CheXpert-14 at 32 px, 40 samples per shard."""
-    from cxrlt.data.build import BuildOptions, build_shards
-    from cxrlt.data.sources.starter import read_starter
-    from cxrlt.data.writer import WriterOptions
-
-    out = tmp_path_factory.mktemp("chexpert-shards")
-    table = read_starter(CHEXPERT_14)
-    table.records = table.records[:240]
-    build_shards(table, CHEXPERT_14, out, BuildOptions(), WriterOptions(max_size=32, samples_per_shard=40))
-    return out
+    return shard_starter(tmp_path_factory.mktemp("chexpert-shards"), CHEXPERT_14, 32, 40, images=240)
 
 
 def _union(starter_shards: Path, chexpert_shards: Path):

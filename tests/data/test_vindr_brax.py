@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxrlt.data.build import BuildOptions, build_shards
-from cxrlt.data.dicom import DicomLoader, dicom_gray8
+from cxrlt.data.dicom import DicomLoader, dicom_gray8, write_dx_dicom
 from cxrlt.data.images import ImageProblem
 from cxrlt.data.shardset import read_index
 from cxrlt.data.sources.brax import brax_age, read_brax
@@ -21,28 +19,11 @@ from cxrlt.labels import CHEXPERT_14, CXR_LT_2024_TASK1, VINDR_CXR
 from launch.main import main
 
 SMALL = WriterOptions(max_size=40, image_format="png", samples_per_shard=8)
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, For Presentation
 RAMP = np.tile(np.linspace(0, 4000, 64), (32, 1)).astype(np.uint16)  # 12-bit values rising left to right
 
 
 def write_dicom(path, pixels=RAMP, photometric="MONOCHROME2", window=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = DX_STORAGE, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dx_dicom(pixels, path, photometric, window)
 
 
 def test_dicom_display_follows_the_window_and_inverts_monochrome1(tmp_path):

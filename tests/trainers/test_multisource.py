@@ -13,9 +13,11 @@ import pytest
 
 from cxrlt.config import ConfigError, load_config
 from cxrlt.errors import InputError
+from cxrlt.labels import CHEXPERT_14
 from cxrlt.models.saved import load_model
 from cxrlt.tracking import Tracker, sqlite_uri
 from tests.cli import cxrlt
+from tests.starter import shard_starter
 from tests.trainers.conftest import CONFIG, train_args
 from trainers.config import TrainConfig
 from trainers.stages import check_inputs, training_hash
@@ -26,16 +28,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def chexpert64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 starter images sharded under CheXpert-14 at 64 px (the second set of a union run)."""
-    from cxrlt.data.build import BuildOptions, build_shards
-    from cxrlt.data.sources.starter import read_starter
-    from cxrlt.data.writer import WriterOptions
-    from cxrlt.labels import CHEXPERT_14
-
-    out = tmp_path_factory.mktemp("chexpert64")
-    table = read_starter(CHEXPERT_14)
-    table.records = table.records[:200]
-    build_shards(table, CHEXPERT_14, out, BuildOptions(), WriterOptions(max_size=64, samples_per_shard=100))
-    return out
+    return shard_starter(tmp_path_factory.mktemp("chexpert64"), CHEXPERT_14, 64, 100, images=200)
 
 
 def _sources(*tables: str) -> str:
