@@ -4,15 +4,24 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 # Set before anything imports transformers/diffusers/deepspeed, so no test can reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-# DeepSpeed picks its accelerator once, when first imported: on a GPU machine the CUDA tests need it.
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Before torch is imported: OpenMP sizes its pool once, and tests fork ranks from this process; a child
+# forked after a pool of several threads ran hangs in its first parallel region (GNU OpenMP is not fork-safe).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _cuda_available() -> bool:
+    import torch  # after OMP_NUM_THREADS
+
+    return torch.cuda.is_available()
+
+
+# DeepSpeed picks its accelerator once, when first imported: on a GPU machine the CUDA tests need it.
+if not _cuda_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 # CI clones the project with shared/ beside it, as in the developers' checkouts.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
